@@ -23,8 +23,15 @@ _LAZY = {
     "schedule_map": "cvdm_cli.sampler",
 }
 
-__all__ = ["CVDM", "ModelConfig", "__version__", "load_weights", "reconstruct", "save_weights",
-           "schedule_map"]
+__all__ = [
+    "CVDM",
+    "ModelConfig",
+    "__version__",
+    "load_weights",
+    "reconstruct",
+    "save_weights",
+    "schedule_map",
+]
 
 if TYPE_CHECKING:  # pragma: no cover
     from cvdm_cli.config import ModelConfig

@@ -76,7 +76,7 @@ def _upsample_axis(x: NDArray[np.float64], axis: int, scale: int) -> NDArray[np.
     idx = np.clip(base.astype(np.int64)[:, None] + np.arange(-1, 3)[None, :], 0, n_in - 1)
     shape = [1] * x.ndim
     shape[axis] = -1
-    result = np.zeros(x.shape[:axis] + (out.size,) + x.shape[axis + 1 :], dtype=np.float64)
+    result = np.zeros((*x.shape[:axis], out.size, *x.shape[axis + 1 :]), dtype=np.float64)
     for k in range(4):
         result += np.take(x, idx[:, k], axis=axis) * w[:, k].reshape(shape)
     return result
@@ -272,7 +272,7 @@ def tune_rl_iterations(
         raise ValueError(msg)
     total, done = len(counts) * len(upsampled), 0
     scores: dict[int, list[float]] = {c: [] for c in counts}
-    for x, y, p in zip(upsampled, targets, psfs):
+    for x, y, p in zip(upsampled, targets, psfs, strict=True):
         for c in counts:
             scores[c].append(fair_scores(richardson_lucy(x, p, c), y).psnr)
             done += 1

@@ -101,8 +101,9 @@ class LossTerms:
     total: Tensor  # weighted sum, weights from config.loss_weights (paper: 1, 2, 2, 2)
 
     def as_floats(self) -> dict[str, float]:
-        return {k: float(getattr(self, k).detach()) for k in ("total", "eps", "beta", "prior",
-                                                              "smooth")}
+        return {
+            k: float(getattr(self, k).detach()) for k in ("total", "eps", "beta", "prior", "smooth")
+        }
 
 
 def cvdm_losses(

@@ -38,17 +38,21 @@ class MonotoneScalarNet(nn.Module):
     Input t: any shape; output: the same shape.
     """
 
-    def __init__(self, features: int, init_value_at_1: float) -> None:
+    def __init__(self, features: int, init_slope: float, init_offset: float) -> None:
+        """At initialisation inner(t) ~ init_slope * t + init_offset (features cancelled)."""
         super().__init__()
-        self.raw_a = nn.Parameter(torch.tensor(-5.0))
+        self.raw_a = nn.Parameter(
+            torch.tensor(_inv_softplus(init_slope) if init_slope > 0 else -10.0)
+        )
         # Feature slopes u in ~[0.5, 20] and offsets placing the transitions inside [0, 1].
         self.raw_u = nn.Parameter(torch.empty(features).uniform_(-0.5, 3.0))
         self.b = nn.Parameter(torch.empty(features).uniform_(0.0, 1.0))
         # Output weights w ~ 1/features so that the features sum to ~0.5 at init.
         self.raw_w = nn.Parameter(torch.full((features,), _inv_softplus(1.0 / features)))
-        self.c = nn.Parameter(torch.tensor(_inv_softplus(init_value_at_1) - 0.5))
+        self.c = nn.Parameter(torch.tensor(0.0))
         with torch.no_grad():
             self.b.mul_(-F.softplus(self.raw_u))
+            self.c.fill_(init_offset - float(self.inner(torch.tensor(0.0))))
 
     def inner(self, t: Tensor) -> Tensor:
         """The non-decreasing inner function g(t) (before softplus and the factor t)."""
@@ -77,13 +81,17 @@ class ScheduleUNet(nn.Module):
         self.down = nn.ModuleList()
         c_prev = 1
         for width in widths:
-            self.down.append(nn.Sequential(_conv(c_prev, width), nn.SiLU(),
-                                           _conv(width, width), nn.SiLU()))
+            self.down.append(
+                nn.Sequential(_conv(c_prev, width), nn.SiLU(), _conv(width, width), nn.SiLU())
+            )
             c_prev = width
         self.up = nn.ModuleList()
         for width in reversed(widths[:-1]):
-            self.up.append(nn.Sequential(_conv(c_prev + width, width), nn.SiLU(),
-                                         _conv(width, width), nn.SiLU()))
+            self.up.append(
+                nn.Sequential(
+                    _conv(c_prev + width, width), nn.SiLU(), _conv(width, width), nn.SiLU()
+                )
+            )
             c_prev = width
         self.out = nn.Conv2d(c_prev, 1, 1)
         nn.init.zeros_(self.out.weight)
@@ -173,8 +181,9 @@ class GammaConditionedUNet(nn.Module):
             blocks, attns = nn.ModuleList(), nn.ModuleList()
             for _ in range(cfg.num_res_blocks):
                 blocks.append(ResBlock(c_prev, width, ch, g, cfg.dropout))
-                attns.append(AttentionBlock(width, g) if level in cfg.attention_levels
-                             else nn.Identity())
+                attns.append(
+                    AttentionBlock(width, g) if level in cfg.attention_levels else nn.Identity()
+                )
                 c_prev = width
                 skip_widths.append(width)
             self.down_blocks.append(blocks)
@@ -193,8 +202,9 @@ class GammaConditionedUNet(nn.Module):
             blocks, attns = nn.ModuleList(), nn.ModuleList()
             for _ in range(cfg.num_res_blocks + 1):
                 blocks.append(ResBlock(c_prev + skip_widths.pop(), width, ch, g, cfg.dropout))
-                attns.append(AttentionBlock(width, g) if level in cfg.attention_levels
-                             else nn.Identity())
+                attns.append(
+                    AttentionBlock(width, g) if level in cfg.attention_levels else nn.Identity()
+                )
                 c_prev = width
             self.up_blocks.append(blocks)
             self.up_attn.append(attns)
@@ -246,8 +256,12 @@ class CVDM(nn.Module):
         super().__init__()
         self.config = config
         self.schedule_net = ScheduleUNet(config.schedule_channels)
-        self.tau = MonotoneScalarNet(config.tau_features, config.tau_init_slope)
-        self.tau_int = MonotoneScalarNet(config.tau_features, config.tau_init_slope)
+        # Initialised consistent with beta = -d log(gamma)/dt = lam * d tau_int/dt, the
+        # relation L_beta enforces: tau_int(t) ~ S t^2 (for t >~ 0.2), tau(t) ~ 2 S t, with
+        # S = config.tau_init_slope, so gamma(1) ~ exp(-S log 2) before training.
+        s = config.tau_init_slope
+        self.tau = MonotoneScalarNet(config.tau_features, 0.0, _inv_softplus(2.0 * s))
+        self.tau_int = MonotoneScalarNet(config.tau_features, s, 0.0)
         self.denoiser = GammaConditionedUNet(config)
         self.info: dict[str, object] = {}
 

@@ -188,8 +188,9 @@ def run_steps(
         eps_hat = eps_fn(z, g_s)
         last = i == n - 1
         step_eta = 0.0 if last else eta
-        z, x0 = ddim_update(z, eps_hat, g_s, g_t, step_eta, None if last else
-                            (noise() if eta > 0 else None), clip)
+        z, x0 = ddim_update(
+            z, eps_hat, g_s, g_t, step_eta, None if last else (noise() if eta > 0 else None), clip
+        )
         g_s = g_t
         if on_step is not None:
             on_step()
@@ -320,9 +321,15 @@ def reconstruct(
             if callback is not None:
                 callback(done, total)
 
-        r = run_steps(make_eps_fn(model, x_b, precision), schedule, z, eta=eta_value,
-                      noise=lambda c=chunk, s=shape: noise.draw(c, s, device), clip=clip,
-                      on_step=on_step)
+        r = run_steps(
+            make_eps_fn(model, x_b, precision),
+            schedule,
+            z,
+            eta=eta_value,
+            noise=lambda c=chunk, s=shape: noise.draw(c, s, device),
+            clip=clip,
+            on_step=on_step,
+        )
         y = (x_b + r)[:, :, :h, :w]
         for row, j in enumerate(chunk):  # Welford, one sample at a time
             i, k = items[j]
@@ -378,4 +385,3 @@ __all__ = [
     "run_steps",
     "schedule_map",
 ]
-

@@ -42,7 +42,8 @@ def check_weights_path(path: str | os.PathLike[str]) -> Path:
         )
     if suffix != ".safetensors":
         raise UnsafeWeightsFormatError(
-            "only .safetensors weights are accepted", path=p,
+            "only .safetensors weights are accepted",
+            path=p,
             hint="pass a .safetensors file or a registry model name",
         )
     return p
@@ -62,8 +63,9 @@ def weights_metadata(model: CVDM, info: dict[str, Any]) -> dict[str, str]:
 def save_weights(model: CVDM, path: str | os.PathLike[str], **info: Any) -> Path:
     """Write ``model`` to ``path`` (.safetensors) atomically; ``info`` goes to metadata."""
     p = check_weights_path(path)
-    state = {k: v.detach().to("cpu", torch.float32).contiguous()
-             for k, v in model.state_dict().items()}
+    state = {
+        k: v.detach().to("cpu", torch.float32).contiguous() for k, v in model.state_dict().items()
+    }
     merged = {**model.info, **info}
     tmp = p.with_name(f".{p.name}.partial-{os.getpid()}")
     try:
@@ -81,14 +83,18 @@ def read_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
 
     p = check_weights_path(path)
     if not p.is_file():
-        raise InputNotFoundError("weights file not found", path=p,
-                                 hint="check the path, or use a registry model name")
+        raise InputNotFoundError(
+            "weights file not found", path=p, hint="check the path, or use a registry model name"
+        )
     try:
         with safe_open(str(p), framework="pt") as f:
             return dict(f.metadata() or {})
     except (SafetensorError, OSError, ValueError) as exc:
-        raise InvalidWeightsError(f"not a readable .safetensors file ({exc})", path=p,
-                                  hint="re-download or re-export the weights") from None
+        raise InvalidWeightsError(
+            f"not a readable .safetensors file ({exc})",
+            path=p,
+            hint="re-download or re-export the weights",
+        ) from None
 
 
 def load_weights(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> CVDM:
@@ -96,21 +102,27 @@ def load_weights(path: str | os.PathLike[str], device: str | torch.device = "cpu
     p = check_weights_path(path)
     meta = read_metadata(p)
     if "cvdm.config" not in meta:
-        raise InvalidWeightsError("the file has no cvdm model config in its metadata", path=p,
-                                  hint="save weights with cvdm_cli.save_weights / cvdm train")
+        raise InvalidWeightsError(
+            "the file has no cvdm model config in its metadata",
+            path=p,
+            hint="save weights with cvdm_cli.save_weights / cvdm train",
+        )
     try:
         config = ModelConfig.from_json(meta["cvdm.config"])
         info = json.loads(meta.get("cvdm.info", "{}"))
         state = load_file(str(p), device="cpu")
     except (SafetensorError, ValueError, TypeError) as exc:
-        raise InvalidWeightsError(f"corrupt weights file ({exc})", path=p,
-                                  hint="re-download or re-export the weights") from None
+        raise InvalidWeightsError(
+            f"corrupt weights file ({exc})", path=p, hint="re-download or re-export the weights"
+        ) from None
     model = CVDM(config)
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise InvalidWeightsError(
             f"weights do not match the model config (missing {len(missing)}, "
-            f"unexpected {len(unexpected)} tensors)", path=p,
-            hint="the file was written by an incompatible cvdm version")
+            f"unexpected {len(unexpected)} tensors)",
+            path=p,
+            hint="the file was written by an incompatible cvdm version",
+        )
     model.info = info
     return model.to(device).eval()

@@ -166,11 +166,11 @@ def test_ause_zero_and_spearman_one_when_std_is_ordered_with_error() -> None:
     assert u.spearman == pytest.approx(1.0)
     assert u.ause == pytest.approx(0.0, abs=1e-12)
     assert u.mean_std == pytest.approx(float(np.std(offsets, ddof=1) * err.mean()))
-    # truth = mean - err lies below the lowest sample mean - 1.5 err? no: -1 err is inside
-    # [s_(1), s_(4)] = [mean - 1.5 err, mean + 1.5 err] for every pixel (K=4: i=1, j=4 at 90%)
+    # K=4: both levels use [s_(1), s_(4)] = [mean - 1.5 err, mean + 1.5 err] (i = 1, j = 4),
+    # which holds truth = mean - err in every pixel; a calibrated sampler would cover 3/5
+    assert M.interval_bounds(4, 0.5) == M.interval_bounds(4, 0.9) == (1, 4)
     assert u.coverage90 == 1.0
     assert u.calibrated90 == pytest.approx(3 / 5)
-    # at 50% (i=1 too for K=4: round(5 * 0.25) = 1) the same interval
     assert u.coverage50 == 1.0
 
 

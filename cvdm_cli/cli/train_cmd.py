@@ -1,0 +1,238 @@
+"""``cvdm train``: train a CVDM on paired folders or on freshly simulated pairs."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import typer
+
+from cvdm_cli.cli.common import run_guarded, stderr, stdout
+from cvdm_cli.errors import ConfigError
+
+
+def train(
+    out: Path = typer.Option(
+        ...,
+        "--out",
+        "-o",
+        help="Where to write the final weights "
+        "(.safetensors). The checkpoint goes next to it (.ckpt.safetensors).",
+    ),
+    lr_dir: Path | None = typer.Option(None, "--lr", help="Folder of low-resolution TIFFs."),
+    hr_dir: Path | None = typer.Option(
+        None, "--hr", help="Folder of high-resolution TIFFs (same names, exactly 2x the LR size)."
+    ),
+    simulate: bool = typer.Option(
+        False,
+        "--simulate",
+        help="Train on pairs simulated first with `cvdm simulate` settings (--sim-*).",
+    ),
+    sim_n: int = typer.Option(1000, "--sim-n", help="Pairs to simulate with --simulate."),
+    sim_seed: int = typer.Option(0, "--sim-seed", help="Seed of the simulated pairs."),
+    sim_size: int = typer.Option(256, "--sim-size", help="HR size of simulated pairs (pixels)."),
+    sim_dir: Path | None = typer.Option(
+        None,
+        "--sim-dir",
+        help="Folder for simulated pairs (default: next to --out). Reused if it exists.",
+    ),
+    structure: str = typer.Option(
+        "mixed",
+        "--structure",
+        help="Simulated structures: filaments, vesicles, reticulum or mixed.",
+    ),
+    simple: bool = typer.Option(
+        False,
+        "--simple",
+        help="Use the toy simulator (2D Gaussian PSF) instead of the physically based one.",
+    ),
+    workers: int = typer.Option(1, "--sim-workers", help="Processes for simulation."),
+    preset: str = typer.Option("small", "--preset", help="Model size: tiny, small, base, paper."),
+    steps: int = typer.Option(10_000, "--steps", help="Total optimisation steps."),
+    batch_size: int = typer.Option(8, "--batch-size", help="Patches per step."),
+    patch: int = typer.Option(64, "--patch", help="LR patch size (HR patch is 2x)."),
+    learning_rate: float = typer.Option(2e-4, "--learning-rate", help="Peak AdamW rate."),
+    warmup: int = typer.Option(200, "--warmup", help="Linear warm-up steps."),
+    ema_decay: float = typer.Option(0.999, "--ema", help="EMA decay of exported weights."),
+    checkpoint_every: int = typer.Option(
+        250, "--checkpoint-every", help="Steps between checkpoints."
+    ),
+    val_every: int = typer.Option(500, "--val-every", help="Steps between validations (0: never)."),
+    val_fraction: float = typer.Option(0.1, "--val-fraction", help="Held-out share of pairs."),
+    seed: int = typer.Option(0, "--seed", help="Training seed (init, patches, noise)."),
+    resume: Path | None = typer.Option(
+        None, "--resume", help="Continue exactly from a .ckpt.safetensors checkpoint."
+    ),
+    stop_after: int | None = typer.Option(
+        None, "--stop-after", help="Stop (with a checkpoint) after this many steps of this run."
+    ),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
+    precision: str = typer.Option(
+        "auto", "--precision", help="auto (bf16 on CUDA), fp32, bf16, fp16."
+    ),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Only errors."),
+    json_out: bool = typer.Option(False, "--json", help="Print a JSON summary on stdout."),
+) -> None:
+    """Train a CVDM (AdamW, warm-up + cosine, EMA, checkpoints, validation PSNR)."""
+
+    def body() -> None:
+        import torch
+
+        from cvdm_cli.config import ModelConfig
+        from cvdm_cli.devices import pick_device
+        from cvdm_cli.trainer import PairedData, TrainConfig
+        from cvdm_cli.trainer import train as run_training
+
+        if simulate == (lr_dir is not None or hr_dir is not None):
+            raise ConfigError(
+                "give either --lr and --hr, or --simulate",
+                path="cvdm train",
+                hint="see `cvdm train --help`",
+            )
+        if not simulate and (lr_dir is None or hr_dir is None):
+            raise ConfigError(
+                "--lr and --hr go together", path="cvdm train", hint="pass both folders"
+            )
+        if not out.name.endswith(".safetensors"):
+            raise ConfigError(
+                "--out must end in .safetensors", path=out, hint="e.g. --out my-model.safetensors"
+            )
+        dev = pick_device(device)
+        cfg = TrainConfig(
+            steps=steps,
+            batch_size=batch_size,
+            patch=patch,
+            lr=learning_rate,
+            warmup=warmup,
+            ema_decay=ema_decay,
+            checkpoint_every=checkpoint_every,
+            val_every=val_every,
+            val_fraction=val_fraction,
+            seed=seed,
+            precision=precision,
+        )
+        if resume is not None:
+            from cvdm_cli.trainer import load_checkpoint
+
+            model_config = load_checkpoint(resume, cfg, torch.device("cpu")).model.config
+        else:
+            model_config = ModelConfig.preset(preset)
+        data_info: dict[str, object] = {"command": shlex.join(["cvdm", *sys.argv[1:]])}
+        if simulate:
+            folder = sim_dir or out.with_name(out.name.removesuffix(".safetensors") + ".simdata")
+            if not (folder / "params.json").exists():
+                _simulate(folder, sim_n, structure, sim_seed, sim_size, simple, workers, quiet)
+            data_lr, data_hr = folder / "lr", folder / "hr"
+            data_info["data"] = {
+                "kind": "simulated",
+                "simulator": "simple" if simple else "widefield3d-microsim",
+                "structure": structure,
+                "n": sim_n,
+                "seed": sim_seed,
+                "size": sim_size,
+            }
+        else:
+            data_lr, data_hr = lr_dir, hr_dir
+            data_info["data"] = {"kind": "folders", "lr": str(lr_dir), "hr": str(hr_dir)}
+        data = PairedData.from_folders(
+            data_lr, data_hr, config=model_config, patch=patch, val_fraction=val_fraction, seed=seed
+        )
+        if not quiet:
+            stderr.print(
+                f"training {model_config.name} on {len(data.train)} pairs "
+                f"({len(data.val)} held out), device {dev}"
+            )
+        started = time.time()
+        state = _run_with_progress(
+            run_training, data, model_config, cfg, out, dev, resume, data_info, stop_after, quiet
+        )
+        summary = {
+            "out": str(out),
+            "steps": state.step,
+            "seconds": round(time.time() - started, 1),
+            "last": state.history[-1] if state.history else {},
+        }
+        if json_out:
+            stdout.print(json.dumps(summary), soft_wrap=True)
+        elif not quiet:
+            stderr.print(f"wrote {out} after step {state.step}")
+
+    run_guarded(body)
+
+
+def _simulate(
+    folder: Path,
+    n: int,
+    structure: str,
+    seed: int,
+    size: int,
+    simple: bool,
+    workers: int,
+    quiet: bool,
+) -> None:
+    from rich.progress import Progress
+
+    from cvdm_cli.simulation import simulate_dataset
+
+    with Progress(console=stderr, disable=quiet, transient=True) as progress:
+        task = progress.add_task("simulating pairs", total=n)
+        simulate_dataset(
+            folder,
+            n,
+            structure=structure,
+            seed=seed,
+            size=size,
+            simple=simple,
+            workers=workers,
+            progress=lambda done, total: progress.update(task, completed=done),
+        )
+
+
+def _run_with_progress(
+    run_training, data, model_config, cfg, out, dev, resume, info, stop_after, quiet
+):
+    from rich.progress import (
+        BarColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    columns = (
+        TextColumn("train"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[terms]}"),
+    )
+    with Progress(*columns, console=stderr, disable=quiet) as progress:
+        task = progress.add_task("train", total=cfg.steps, terms="")
+
+        def callback(step: int, record: dict[str, float]) -> None:
+            terms = " ".join(
+                f"{k}={record[k]:.4g}" for k in ("total", "eps", "beta", "prior", "smooth")
+            )
+            if "val_psnr" in record:
+                terms += f" val_psnr={record['val_psnr']:.2f}"
+            progress.update(task, completed=step, terms=terms)
+
+        return run_training(
+            data,
+            model_config=model_config,
+            cfg=cfg,
+            out=out,
+            device=dev,
+            resume=resume,
+            info=info,
+            callback=callback,
+            stop_after=stop_after,
+        )
+
+
+def register(app: typer.Typer) -> None:
+    app.command("train")(train)

@@ -1,0 +1,1056 @@
+"""``cvdm evaluate``: score cvdm against bicubic and Richardson–Lucy on paired TIFFs.
+
+For every pair (``lr/<stem>.tif``, ``hr/<stem>.tif``, HR exactly ``scale`` x LR):
+
+- bicubic: the LR upsampled exactly as the model's condition (``baselines.bicubic_upsample``);
+- rl: Richardson–Lucy on the bicubic image with the widefield PSF (``baselines``), its
+  iteration count tuned on a validation split (``val_fraction`` of the pairs, drawn with
+  ``seed``), which is then left out of every score;
+- cvdm_fast: ``samples`` samples of the fast sampler (``steps`` steps); cvdm_reference: the
+  paper's sampler (T - 1 steps) with ``reference_samples`` samples (it costs (T-1)/steps
+  times more per sample, so fewer), optionally on the first ``reference_limit`` images only;
+  cvdm_fast_k<K>: the mean of the first K fast samples, K = ``reference_samples``, so that
+  fast and reference are also compared at equal sample counts.
+
+The LR is normalised for the model with the model's own percentiles (1, 99.8 by default)
+to [-1, 1] and the outputs mapped back to input units. Every method is then scored against
+the HR with the CSBDeep fair comparison (percentile-normalised target, least-squares scale
+and offset of the prediction; see ``cvdm_cli.metrics``). cvdm samples go through the same
+affine map as their mean, so the std and the interval coverage are in the target's units.
+
+Writes (when ``out_dir`` is given): ``metrics.csv`` (one row per image and method),
+``report.json`` (settings, per image, mean/median per method, fraction of images where each
+cvdm variant beats each baseline in PSNR and SSIM, fast vs reference, RL tuning),
+``report.md`` (:meth:`EvaluationReport.to_markdown`), and with matplotlib (extra
+``figures``) ``figures/<stem>.png`` and ``summary.png``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from cvdm_cli import baselines, metrics
+from cvdm_cli.errors import (
+    ConfigError,
+    DataError,
+    InputNotFoundError,
+    MissingExtraError,
+    OutputExistsError,
+    OutputNotWritableError,
+)
+from cvdm_cli.normalize import NormParams, denormalize, percentile_normalize
+
+if TYPE_CHECKING:  # pragma: no cover
+    from cvdm_cli.model import CVDM
+
+__all__ = [
+    "CSV_COLUMNS",
+    "EvaluationReport",
+    "ImagePair",
+    "ProgressEvent",
+    "evaluate",
+    "find_pairs",
+    "load_params",
+]
+
+TIFF_SUFFIXES = (".tif", ".tiff")
+PARAMS_FILE = "params.json"
+SUMMARY_IMAGES = 6  # rows of the summary figure
+
+BICUBIC, RL, FAST, REFERENCE = "bicubic", "rl", "cvdm_fast", "cvdm_reference"
+BASELINES = (BICUBIC, RL)
+
+CSV_COLUMNS = (
+    "stem",
+    "method",
+    "psnr",
+    "ssim",
+    "nrmse",
+    "spearman",
+    "coverage50",
+    "calibrated50",
+    "coverage90",
+    "calibrated90",
+    "ause",
+    "mean_std",
+    "alpha",
+    "beta",
+    "data_range",
+    "samples",
+    "steps",
+    "seconds",
+)
+SUMMARY_KEYS = (
+    "psnr",
+    "ssim",
+    "nrmse",
+    "spearman",
+    "coverage50",
+    "coverage90",
+    "ause",
+    "mean_std",
+    "seconds",
+)
+
+
+@dataclass(frozen=True)
+class ProgressEvent:
+    """Progress of :func:`evaluate`: ``task`` is "tune-rl" or "evaluate".
+
+    ``done``/``total``: deconvolutions for "tune-rl"; images (fractional within an image)
+    for "evaluate". ``detail``: the image and method being worked on.
+    """
+
+    task: str
+    done: float
+    total: float
+    detail: str = ""
+
+
+ProgressFn = Callable[[ProgressEvent], None]
+
+
+# --- inputs ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ImagePair:
+    """One LR/HR pair of TIFF files with the same stem."""
+
+    stem: str
+    lr: Path
+    hr: Path
+
+
+def _tiffs(folder: Path) -> dict[str, Path]:
+    if not folder.is_dir():
+        raise InputNotFoundError("folder not found", path=folder, hint="check the path")
+    found: dict[str, Path] = {}
+    for p in sorted(folder.iterdir()):
+        if p.is_file() and p.suffix.lower() in TIFF_SUFFIXES and not p.name.startswith("."):
+            found.setdefault(p.stem, p)
+    return found
+
+
+def find_pairs(lr_dir: str | os.PathLike[str], hr_dir: str | os.PathLike[str]) -> list[ImagePair]:
+    """Pairs of ``lr_dir/<stem>.tif`` and ``hr_dir/<stem>.tif``, sorted by stem.
+
+    Raises DataError when a folder has no TIFFs or a stem is in one folder only.
+    """
+    lr_dir, hr_dir = Path(lr_dir), Path(hr_dir)
+    lr, hr = _tiffs(lr_dir), _tiffs(hr_dir)
+    if not lr:
+        raise DataError("no .tif files", path=lr_dir, hint="point --lr at the low-res TIFFs")
+    only_lr, only_hr = sorted(set(lr) - set(hr)), sorted(set(hr) - set(lr))
+    if only_lr or only_hr:
+        side, folder, stems = ("HR", hr_dir, only_lr) if only_lr else ("LR", lr_dir, only_hr)
+        shown = ", ".join(stems[:5]) + (", ..." if len(stems) > 5 else "")
+        raise DataError(
+            f"{len(stems)} image(s) without a {side} partner: {shown}",
+            path=folder,
+            hint="LR and HR files must share file names (stems)",
+        )
+    return [ImagePair(stem, lr[stem], hr[stem]) for stem in sorted(lr)]
+
+
+def load_params(*folders: str | os.PathLike[str]) -> dict[str, dict[str, Any]]:
+    """Per-stem simulation parameters from the first ``params.json`` found in ``folders``.
+
+    Format: ``{"pairs": {"<stem>": {"na": .., "emission_nm": .., "lr_pixel_nm": .., ...}}}``.
+    Returns {} when there is no such file.
+    """
+    for folder in folders:
+        path = Path(folder) / PARAMS_FILE
+        if not path.is_file():
+            continue
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            pairs = data["pairs"]
+            if not isinstance(pairs, dict) or not all(isinstance(v, dict) for v in pairs.values()):
+                raise TypeError("'pairs' must map stems to objects")
+        except (ValueError, KeyError, TypeError) as exc:
+            raise DataError(
+                f"malformed parameter file ({exc})",
+                path=path,
+                hint='expected {"pairs": {"<stem>": {"na": ..., "emission_nm": ...}}}',
+            ) from None
+        return pairs
+    return {}
+
+
+def _read_plane(path: Path) -> np.ndarray:
+    """The single YX plane of a TIFF as float64 (H, W)."""
+    from cvdm_cli.errors import InvalidPixelsError
+    from cvdm_cli.tiff import open_tiff
+
+    with open_tiff(path) as tif:
+        if tif.n_planes != 1:
+            raise DataError(
+                f"has {tif.n_planes} planes (axes {tif.axes}); evaluation pairs are 2D images",
+                path=path,
+                hint="save one YX plane per file (e.g. as written by cvdm simulate)",
+            )
+        plane = np.asarray(tif.read_plane(0), dtype=np.float64)
+    if not np.isfinite(plane).all():
+        raise InvalidPixelsError("NaN or Inf pixels", path=path, hint="fix the image")
+    return plane
+
+
+def _pixel_nm(path: Path) -> float | None:
+    """The x pixel size of a TIFF in nm from its metadata (header only), or None."""
+    from cvdm_cli.tiff import open_tiff
+
+    with open_tiff(path) as tif:
+        if tif.pixel_size is None or tif.unit not in _NM_PER_UNIT:
+            return None
+        return float(tif.pixel_size[1]) * _NM_PER_UNIT[tif.unit]
+
+
+_NM_PER_UNIT = {"nm": 1.0, "µm": 1e3, "mm": 1e6}
+
+
+# --- report ----------------------------------------------------------------------------
+
+
+def _nan_to_none(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    if isinstance(value, dict):
+        return {k: _nan_to_none(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_nan_to_none(v) for v in value]
+    return value
+
+
+def _fmt(value: Any, digits: int = 3) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+@dataclass
+class EvaluationReport:
+    """Everything :func:`evaluate` measured.
+
+    rows: one dict per (image, method) with the keys of :data:`CSV_COLUMNS` (NaN where a
+    metric does not apply, e.g. uncertainty for the baselines). summary: method -> {"n",
+    "mean": {metric: value}, "median": {...}}. wins: cvdm method -> baseline -> {"n",
+    "psnr_win_fraction", "ssim_win_fraction", "mean_psnr_gain", "mean_ssim_gain"} over the
+    images both were run on. fast_vs_reference: mean PSNR/SSIM of fast minus reference on
+    the images the reference ran on (also at equal sample counts), or None.
+    """
+
+    settings: dict[str, Any]
+    rows: list[dict[str, Any]]
+    summary: dict[str, dict[str, Any]]
+    wins: dict[str, dict[str, dict[str, float]]]
+    fast_vs_reference: dict[str, Any] | None
+    rl_tuning: dict[str, Any] | None
+    notices: list[str] = field(default_factory=list)
+    files: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def methods(self) -> list[str]:
+        return list(self.summary)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready (NaN -> null, inf -> "inf")."""
+        images: dict[str, dict[str, Any]] = {}
+        for row in self.rows:
+            images.setdefault(row["stem"], {})[row["method"]] = {
+                k: v for k, v in row.items() if k not in ("stem", "method")
+            }
+        return _nan_to_none(
+            {
+                "settings": self.settings,
+                "summary": self.summary,
+                "wins": self.wins,
+                "fast_vs_reference": self.fast_vs_reference,
+                "rl_tuning": self.rl_tuning,
+                "images": images,
+                "notices": self.notices,
+            }
+        )
+
+    def to_csv(self) -> str:
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, lineterminator="\n")
+        writer.writeheader()
+        for row in self.rows:
+            writer.writerow({k: _csv_value(row.get(k)) for k in CSV_COLUMNS})
+        return buf.getvalue()
+
+    def to_markdown(self) -> str:
+        """Tables for docs: scores per method, wins over baselines, fast vs reference."""
+        lines = [
+            "| method | images | PSNR mean (median) | SSIM mean (median) | NRMSE | "
+            "Spearman(std, err) | cov. 50% (calib.) | cov. 90% (calib.) | AUSE | s / image |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for method, s in self.summary.items():
+            mean, med = s["mean"], s["median"]
+            cal = s.get("calibrated", {})
+            lines.append(
+                f"| {method} | {s['n']} | {_fmt(mean['psnr'], 2)} ({_fmt(med['psnr'], 2)}) "
+                f"| {_fmt(mean['ssim'])} ({_fmt(med['ssim'])}) | {_fmt(mean['nrmse'], 4)} "
+                f"| {_fmt(mean['spearman'])} "
+                f"| {_fmt(mean['coverage50'])} ({_fmt(cal.get('coverage50'))}) "
+                f"| {_fmt(mean['coverage90'])} ({_fmt(cal.get('coverage90'))}) "
+                f"| {_fmt(mean['ause'], 4)} | {_fmt(mean['seconds'], 1)} |"
+            )
+        if self.wins:
+            lines += [
+                "",
+                "| cvdm | vs | images | PSNR wins | SSIM wins | mean PSNR gain (dB) | "
+                "mean SSIM gain |",
+                "|---|---|---|---|---|---|---|",
+            ]
+            for method, per in self.wins.items():
+                for base, w in per.items():
+                    lines.append(
+                        f"| {method} | {base} | {w['n']} | {w['psnr_win_fraction']:.0%} "
+                        f"| {w['ssim_win_fraction']:.0%} | {_fmt(w['mean_psnr_gain'], 2)} "
+                        f"| {_fmt(w['mean_ssim_gain'])} |"
+                    )
+        if self.fast_vs_reference:
+            f = self.fast_vs_reference
+            lines += [
+                "",
+                f"Fast minus reference sampler on {f['n']} image(s): "
+                f"{_fmt(f['psnr_difference'], 2)} dB PSNR, {_fmt(f['ssim_difference'])} SSIM "
+                f"(fast {f['fast_samples']} samples vs reference {f['reference_samples']}); "
+                f"at equal sample counts ({f['reference_samples']}): "
+                f"{_fmt(f['psnr_difference_equal_samples'], 2)} dB, "
+                f"{_fmt(f['ssim_difference_equal_samples'])} SSIM.",
+            ]
+        if self.rl_tuning:
+            t = self.rl_tuning
+            lines += [
+                "",
+                f"Richardson–Lucy: {t['best_iterations']} iterations, "
+                f"{'tuned on ' + str(t['n_images']) + ' validation image(s) left out of the table' if t['n_images'] else 'given by the user'}"  # noqa: E501
+                f"; PSF: {self.settings.get('psf_source', '?')}.",
+            ]
+        st = self.settings
+        lines += [
+            "",
+            f"Scores after the CSBDeep fair comparison (target percentiles 0.1/99.9, "
+            f"least-squares scale and offset). cvdm: {st.get('samples')} fast samples x "
+            f"{st.get('steps')} steps; reference: {st.get('reference_samples')} samples x "
+            f"{st.get('reference_steps')} steps. 'calib.': the coverage a calibrated sampler "
+            "would reach with that many samples.",
+        ]
+        return "\n".join(lines) + "\n"
+
+
+def _csv_value(value: Any) -> Any:
+    if isinstance(value, float):
+        if math.isnan(value):
+            return ""
+        return repr(value)
+    return "" if value is None else value
+
+
+# --- evaluation ------------------------------------------------------------------------
+
+
+def _load_model(model_or_path: CVDM | str | os.PathLike[str], device: str) -> CVDM:
+    from cvdm_cli.model import CVDM
+    from cvdm_cli.weights import load_weights
+
+    if isinstance(model_or_path, CVDM):
+        return model_or_path
+    return load_weights(model_or_path, device=device)
+
+
+def _split(
+    pairs: Sequence[ImagePair], val_fraction: float, seed: int, tune: bool
+) -> tuple[list[ImagePair], list[ImagePair]]:
+    """(validation, test) pairs; test sorted by stem."""
+    if not tune:
+        return [], list(pairs)
+    if len(pairs) < 2:
+        raise DataError(
+            "tuning Richardson–Lucy needs at least 2 pairs (one held out for validation)",
+            hint="add pairs, or give the iteration count (--rl-iterations)",
+        )
+    if not 0 < val_fraction < 1:
+        raise ConfigError(f"val_fraction must be in (0, 1), got {val_fraction}")
+    n_val = min(len(pairs) - 1, max(1, round(val_fraction * len(pairs))))
+    order = np.random.default_rng(seed).permutation(len(pairs))
+    val = sorted((pairs[i] for i in order[:n_val]), key=lambda p: p.stem)
+    test = sorted((pairs[i] for i in order[n_val:]), key=lambda p: p.stem)
+    return val, test
+
+
+class _PSFs:
+    """PSF per stem on the upsampled grid: a file, a Gaussian of a given sigma, or the
+    simulator's PSF model from ``params.json`` (Gaussian 0.21 lambda/NA without microsim or
+    for pairs of the toy simulator). ``sources`` collects what was used, ``notices`` why."""
+
+    def __init__(
+        self,
+        params: Mapping[str, Mapping[str, Any]],
+        scale: int,
+        psf_file: Path | None,
+        sigma_nm: float | None,
+    ) -> None:
+        self.params, self.scale, self.sigma_nm = params, scale, sigma_nm
+        self.fixed: np.ndarray | None = None
+        self.sources: set[str] = set()
+        self.notices: list[str] = []
+        if psf_file is not None:
+            if not psf_file.is_file():
+                raise InputNotFoundError("PSF file not found", path=psf_file)
+            self.fixed = baselines.normalize_psf(_read_psf(psf_file))
+            self.sources.add(f"file {psf_file.name} (used as given, on the output grid)")
+        if sigma_nm is not None and not sigma_nm > 0:
+            raise ConfigError(f"the PSF sigma must be positive, got {sigma_nm} nm")
+
+    def _pixel(self, stem: str, lr_path: Path) -> float | None:
+        pixel = _output_pixel_nm(self.params.get(stem), self.scale)
+        if pixel is None and self.sigma_nm is not None:  # only a sigma needs the file's
+            file_pixel = _pixel_nm(lr_path)
+            pixel = None if file_pixel is None else file_pixel / self.scale
+        return pixel
+
+    def available(self, stem: str, lr_path: Path) -> bool:
+        """Whether a PSF can be made for this pair (cheap: no PSF is computed)."""
+        if self.fixed is not None:
+            return True
+        p = self.params.get(stem) or {}
+        described = self.sigma_nm is not None or ("na" in p and "emission_nm" in p)
+        return described and self._pixel(stem, lr_path) is not None
+
+    def get(self, stem: str, lr_path: Path) -> np.ndarray:
+        """The PSF for a pair for which :meth:`available` is true."""
+        if self.fixed is not None:
+            return self.fixed
+        p = self.params.get(stem)
+        pixel = self._pixel(stem, lr_path)
+        if pixel is None:  # pragma: no cover - guarded by available()
+            raise DataError("no pixel size for the PSF", path=lr_path)
+        toy = p is not None and p.get("simulator") == "gaussian2d-toy"
+        sim = None if self.sigma_nm is not None or toy else _simulation_psf()
+        try:
+            psf, source = baselines.psf_from_params(
+                p, pixel, scale=self.scale, sigma_nm=self.sigma_nm, simulation_psf=sim
+            )
+        except MissingExtraError:  # no microsim: the Gaussian approximation, said aloud
+            if not self.notices:
+                self.notices.append(
+                    "microsim is not installed: Richardson–Lucy uses the Gaussian approximation"
+                    " of the widefield PSF (pip install 'cvdm-cli[simulate]' for the exact one)"
+                )
+            psf, source = baselines.psf_from_params(p, pixel, scale=self.scale)
+        self.sources.add(source.split(" sigma=")[0] if self.sigma_nm is None else source)
+        return psf
+
+    @property
+    def source(self) -> str:
+        where = "" if self.fixed is not None or self.sigma_nm else f" from {PARAMS_FILE}"
+        extra = "" if self.fixed is not None else ", integrated over the input pixel"
+        return "; ".join(sorted(self.sources)) + where + extra
+
+
+def _read_psf(path: Path) -> np.ndarray:
+    """All planes of a PSF TIFF, (Z, Y, X) or (Y, X), float64."""
+    from cvdm_cli.tiff import open_tiff
+
+    with open_tiff(path) as tif:
+        planes = [np.asarray(p, dtype=np.float64) for p in tif.iter_planes()]
+    return np.stack(planes) if len(planes) > 1 else planes[0]
+
+
+def _simulation_psf() -> Callable[[Mapping[str, Any], float], np.ndarray] | None:
+    """``widefield_psf_2d`` of :mod:`cvdm_cli.simulation` on a params.json entry."""
+    try:
+        from cvdm_cli import simulation
+    except ImportError:  # pragma: no cover - the module ships with the package
+        return None
+
+    def psf(entry: Mapping[str, Any], pixel_nm: float) -> np.ndarray:
+        # the pair's own optics, defocus included: the strongest RL a PSF can give
+        params = simulation.SimulationParams.from_dict(entry)
+        return simulation.widefield_psf_2d(params, pixel_nm, defocus_nm=params.defocus_nm)
+
+    return psf
+
+
+def _output_pixel_nm(p: Mapping[str, Any] | None, scale: int) -> float | None:
+    if not p:
+        return None
+    if "lr_pixel_nm" in p:
+        return float(p["lr_pixel_nm"]) / scale
+    if "hr_pixel_nm" in p:
+        return float(p["hr_pixel_nm"])
+    return None
+
+
+def _row(stem: str, method: str, fair: metrics.FairScores, **extra: Any) -> dict[str, Any]:
+    row: dict[str, Any] = {k: math.nan for k in CSV_COLUMNS}
+    row.update(stem=stem, method=method, **fair.metrics(), **extra)
+    return row
+
+
+def _summaries(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    for m in methods:
+        rs = [r for r in rows if r["method"] == m]
+        mean, med = {}, {}
+        for k in SUMMARY_KEYS:
+            vals = np.array([r[k] for r in rs], dtype=np.float64)
+            vals = vals[~np.isnan(vals)]
+            mean[k] = float(vals.mean()) if vals.size else math.nan
+            med[k] = float(np.median(vals)) if vals.size else math.nan
+        entry: dict[str, Any] = {"n": len(rs), "mean": mean, "median": med}
+        if not math.isnan(rs[0]["calibrated50"]):
+            entry["calibrated"] = {
+                "coverage50": rs[0]["calibrated50"],
+                "coverage90": rs[0]["calibrated90"],
+            }
+        out[m] = entry
+    return out
+
+
+def _by(rows: list[dict[str, Any]], method: str) -> dict[str, dict[str, Any]]:
+    return {r["stem"]: r for r in rows if r["method"] == method}
+
+
+def _wins(rows: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, float]]]:
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for m in (m for m in methods if m.startswith("cvdm")):
+        mine = _by(rows, m)
+        for base in (b for b in BASELINES if b in methods):
+            theirs = _by(rows, base)
+            stems = [s for s in mine if s in theirs]
+            if not stems:
+                continue
+            dp = np.array([mine[s]["psnr"] - theirs[s]["psnr"] for s in stems])
+            ds = np.array([mine[s]["ssim"] - theirs[s]["ssim"] for s in stems])
+            out.setdefault(m, {})[base] = {
+                "n": len(stems),
+                "psnr_win_fraction": float(np.mean(dp > 0)),
+                "ssim_win_fraction": float(np.mean(ds > 0)),
+                "mean_psnr_gain": float(dp.mean()),
+                "mean_ssim_gain": float(ds.mean()),
+            }
+    return out
+
+
+def _fast_vs_reference(
+    rows: list[dict[str, Any]], samples: int, reference_samples: int
+) -> dict[str, Any] | None:
+    ref = _by(rows, REFERENCE)
+    if not ref:
+        return None
+    fast = _by(rows, FAST)
+    equal = _by(rows, f"{FAST}_k{reference_samples}") if reference_samples < samples else fast
+    stems = [s for s in ref if s in fast and s in equal]
+
+    def diff(a: dict[str, dict[str, Any]], key: str) -> float:
+        return float(np.mean([a[s][key] - ref[s][key] for s in stems]))
+
+    return {
+        "n": len(stems),
+        "fast_samples": samples,
+        "reference_samples": reference_samples,
+        "psnr_difference": diff(fast, "psnr"),
+        "ssim_difference": diff(fast, "ssim"),
+        "psnr_difference_equal_samples": diff(equal, "psnr"),
+        "ssim_difference_equal_samples": diff(equal, "ssim"),
+    }
+
+
+@dataclass(frozen=True)
+class _Run:
+    """Settings of the per-image work, fixed for one evaluation."""
+
+    model: CVDM
+    scale: int
+    samplers: tuple[str, ...]
+    samples: int
+    steps: int
+    reference_samples: int
+    reference_steps: int
+    rl_iterations: int | None
+    seed: int
+
+    def calls(self, with_reference: bool) -> int:
+        """Denoiser passes (image-samples x steps) for one image."""
+        fast = self.samples * self.steps if "fast" in self.samplers else 0
+        ref = self.reference_samples * self.reference_steps if with_reference else 0
+        return fast + ref
+
+
+class _Progress:
+    """Turns per-image sampler callbacks into one "evaluate" progress in images."""
+
+    def __init__(self, fn: ProgressFn | None, n_images: int) -> None:
+        self.fn, self.n = fn, n_images
+        self.index, self.calls, self.done = 0, 1, 0
+
+    def start(self, index: int, calls: int) -> None:
+        self.index, self.calls, self.done = index, max(calls, 1), 0
+
+    def emit(self, detail: str, extra: int = 0) -> None:
+        if self.fn is not None:
+            frac = min(1.0, (self.done + extra) / self.calls)
+            self.fn(ProgressEvent("evaluate", self.index + frac, self.n, detail))
+
+
+def _sample(
+    run: _Run, x_norm: np.ndarray, norm: NormParams, sampler: str, seed: int,
+    on_progress: Callable[[int, int], None],
+) -> tuple[np.ndarray, float]:  # fmt: skip
+    """cvdm samples (K, H, W) mapped back to input units, and the seconds they took."""
+    import torch
+
+    from cvdm_cli.sampler import reconstruct
+
+    k = run.samples if sampler == "fast" else run.reference_samples
+    t0 = time.perf_counter()
+    rec = reconstruct(
+        run.model,
+        x_norm,
+        samples=k,
+        steps=run.steps,
+        sampler=sampler,
+        generator=torch.Generator().manual_seed(seed),
+        callback=on_progress,
+        return_samples=True,
+    )
+    seconds = time.perf_counter() - t0
+    if rec.samples is None:  # pragma: no cover - reconstruct honours return_samples
+        raise RuntimeError("reconstruct returned no samples")
+    return denormalize(rec.samples, norm).astype(np.float64), seconds
+
+
+def _score_samples(
+    stem: str, method: str, s: np.ndarray, hr: np.ndarray, **extra: Any
+) -> tuple[dict[str, Any], metrics.FairScores, np.ndarray | None]:
+    """Row for the sample mean (fair scores; uncertainty scores when K >= 2), and the std.
+
+    The samples go through the same least-squares map as their mean, so std and intervals
+    are in the target's units.
+    """
+    fair = metrics.fair_scores(s.mean(axis=0), hr)
+    row = _row(stem, method, fair, samples=s.shape[0], **extra)
+    if s.shape[0] < 2:
+        return row, fair, None
+    fitted = fair.alpha * s + fair.beta
+    row.update(metrics.uncertainty_scores(fitted, fair.fitted, fair.target).metrics())
+    return row, fair, fitted.std(axis=0, ddof=1)
+
+
+@dataclass
+class _Panels:
+    """Display images of one pair on the output grid, in target units (float32)."""
+
+    stem: str
+    images: dict[str, np.ndarray | None]  # COLUMNS -> image or None (method not run)
+    title: str
+
+
+COLUMNS = ("input", "bicubic", "RL", "cvdm", "truth", "std", "abs error")
+
+
+def _score_pair(
+    run: _Run,
+    stem: str,
+    lr: np.ndarray,
+    hr: np.ndarray,
+    psf: np.ndarray | None,
+    *,
+    index: int,
+    with_reference: bool,
+    progress: _Progress,
+) -> tuple[list[dict[str, Any]], _Panels]:
+    """All methods on one pair: rows of scores and the figure panels."""
+    progress.emit(f"{stem}: baselines")
+    rows: list[dict[str, Any]] = []
+    t0 = time.perf_counter()
+    bic = baselines.bicubic_upsample(lr, run.scale)
+    fair_bic = metrics.fair_scores(bic, hr)
+    rows.append(_row(stem, BICUBIC, fair_bic, seconds=time.perf_counter() - t0))
+    fair_rl = None
+    if psf is not None and run.rl_iterations is not None:
+        t0 = time.perf_counter()
+        rl = baselines.richardson_lucy(bic, psf, run.rl_iterations)
+        fair_rl = metrics.fair_scores(rl, hr)
+        rows.append(
+            _row(stem, RL, fair_rl, steps=run.rl_iterations, seconds=time.perf_counter() - t0)
+        )
+
+    cfg = run.model.config
+    x_norm, norm = percentile_normalize(lr, cfg.norm_low, cfg.norm_high)
+    fair_cvdm, std_cvdm = None, None
+    for sampler in run.samplers:
+        if sampler == "reference" and not with_reference:
+            continue
+        method = FAST if sampler == "fast" else REFERENCE
+        n_steps = run.steps if sampler == "fast" else run.reference_steps
+
+        def on_progress(done: int, total: int, detail: str = f"{stem}: {method}") -> None:
+            progress.emit(detail, extra=done)
+
+        s, seconds = _sample(run, x_norm, norm, sampler, run.seed + index, on_progress)
+        progress.done += s.shape[0] * n_steps
+        row, fair, std = _score_samples(stem, method, s, hr, steps=n_steps, seconds=seconds)
+        rows.append(row)
+        if sampler == "fast":
+            fair_cvdm, std_cvdm = fair, std
+            k = run.reference_samples
+            if "reference" in run.samplers and k < run.samples:  # fast at equal sample count
+                sub, _, _ = _score_samples(
+                    stem, f"{FAST}_k{k}", s[:k], hr, steps=n_steps,
+                    seconds=seconds * k / run.samples,
+                )  # fmt: skip
+                rows.append(sub)
+
+    lo, hi = np.percentile(lr, [0.1, 99.9])
+    images = {
+        "input": (lr - lo) / max(hi - lo, 1e-12),
+        "bicubic": fair_bic.fitted,
+        "RL": None if fair_rl is None else fair_rl.fitted,
+        "cvdm": None if fair_cvdm is None else fair_cvdm.fitted,
+        "truth": fair_bic.target,
+        "std": std_cvdm,
+        "abs error": None if fair_cvdm is None else np.abs(fair_cvdm.fitted - fair_cvdm.target),
+    }
+    shown = (BICUBIC, RL, FAST)
+    title = f"{stem}: " + " · ".join(
+        f"{r['method']} {r['psnr']:.2f} dB, SSIM {r['ssim']:.3f}" for r in rows
+        if r["method"] in shown
+    )  # fmt: skip
+    panels = _Panels(
+        stem, {k: None if v is None else v.astype(np.float32) for k, v in images.items()}, title
+    )
+    return rows, panels
+
+
+def evaluate(
+    model_path_or_model: CVDM | str | os.PathLike[str],
+    lr_dir: str | os.PathLike[str],
+    hr_dir: str | os.PathLike[str],
+    *,
+    samples: int = 8,
+    steps: int = 20,
+    samplers: Sequence[str] = ("fast", "reference"),
+    reference_samples: int = 2,
+    reference_limit: int | None = None,
+    limit: int | None = None,
+    out_dir: str | os.PathLike[str] | None = None,
+    overwrite: bool = False,
+    figures: bool = True,
+    val_fraction: float = 0.25,
+    rl_iterations: int | None = None,
+    rl_grid: Sequence[int] = baselines.DEFAULT_RL_GRID,
+    psf: str | os.PathLike[str] | None = None,
+    psf_sigma_nm: float | None = None,
+    seed: int = 0,
+    device: str = "cpu",
+    progress: ProgressFn | None = None,
+) -> EvaluationReport:
+    """Score cvdm, bicubic and Richardson–Lucy on the pairs of ``lr_dir`` and ``hr_dir``.
+
+    Args:
+        model_path_or_model: a CVDM or a .safetensors path (resolve registry names first).
+        samples, steps: fast-sampler samples per image and steps per sample.
+        samplers: any of "fast", "reference" (the reference always takes T - 1 steps).
+        reference_samples: samples per image of the reference sampler.
+        reference_limit: run the reference sampler on the first N scored images only.
+        limit: score only the first N test images (by stem), after the validation split.
+        out_dir: folder for metrics.csv, report.json, report.md and figures (None: nothing
+            is written). Refuses a folder that already holds a report unless ``overwrite``.
+        figures: draw PNGs when matplotlib is installed (else a notice in the report).
+        val_fraction: share of pairs held out to tune the RL iteration count over
+            ``rl_grid``; ignored when ``rl_iterations`` is given (then every pair is scored).
+        psf: a PSF TIFF sampled at the output pixel size (2D, or a 3D stack whose brightest
+            plane is used); psf_sigma_nm: a Gaussian PSF of this sigma instead. Default: the
+            simulator's PSF from ``params.json`` next to lr/ and hr/; with no PSF at all,
+            RL is skipped with a notice.
+        seed: validation split and sampler noise (test image i uses seed + i).
+        device: where a model loaded from a path goes ("cpu", "cuda", ...).
+        progress: called with :class:`ProgressEvent` ("tune-rl", then "evaluate").
+    Raises:
+        DataError (unpaired files, HR not exactly scale x LR, bad params.json),
+        InputNotFoundError, ConfigError, OutputExistsError.
+    """
+    samplers = tuple(samplers)
+    unknown = [s for s in samplers if s not in ("fast", "reference")]
+    if unknown or not samplers:
+        raise ConfigError(f"unknown sampler(s) {unknown}", hint="use 'fast' and/or 'reference'")
+    if min(samples, reference_samples, steps) < 1:
+        raise ConfigError("samples, reference samples and steps must be >= 1")
+    if (limit is not None and limit < 1) or (rl_iterations is not None and rl_iterations < 1):
+        raise ConfigError("limit and rl_iterations must be >= 1")
+    out = Path(out_dir) if out_dir is not None else None
+    if out is not None:
+        _prepare_out(out, overwrite)
+
+    model = _load_model(model_path_or_model, device)
+    scale = int(model.config.scale)
+    pairs = find_pairs(lr_dir, hr_dir)
+    params = load_params(Path(lr_dir).parent, Path(hr_dir).parent)
+    psfs = _PSFs(params, scale, Path(psf) if psf is not None else None, psf_sigma_nm)
+    notices: list[str] = []
+
+    def load(pair: ImagePair) -> tuple[np.ndarray, np.ndarray]:
+        lr, hr = _read_plane(pair.lr), _read_plane(pair.hr)
+        if hr.shape != (scale * lr.shape[0], scale * lr.shape[1]):
+            raise DataError(
+                f"HR is {hr.shape[0]}x{hr.shape[1]} but must be exactly {scale}x the LR "
+                f"({lr.shape[0]}x{lr.shape[1]})",
+                path=pair.hr,
+                hint=f"the model's scale factor is {scale}; check the pairing of lr/ and hr/",
+            )
+        return lr, hr
+
+    # --- Richardson–Lucy: PSFs, then the iteration count on the validation split ------
+    missing = [p.stem for p in pairs if not psfs.available(p.stem, p.lr)]
+    tune = not missing and rl_iterations is None
+    val, test = _split(pairs, val_fraction, seed, tune=tune)
+    tuning: baselines.RLTuning | None = None
+    if missing:
+        more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
+        notices.append(
+            f"Richardson–Lucy skipped: no PSF for {missing[0]}{more} (give --psf FILE.tif, "
+            f"--psf-sigma-nm, or a {PARAMS_FILE} with na, emission_nm and lr_pixel_nm)"
+        )
+    elif tune:
+        data = [load(p) for p in val]
+
+        def tune_cb(done: int, total: int) -> None:
+            if progress is not None:
+                progress(ProgressEvent("tune-rl", done, total, "Richardson–Lucy iterations"))
+
+        tuning = baselines.tune_rl_iterations(
+            [baselines.bicubic_upsample(lr, scale) for lr, _ in data],
+            [hr for _, hr in data],
+            [psfs.get(p.stem, p.lr) for p in val],
+            rl_grid,
+            stems=[p.stem for p in val],
+            callback=tune_cb,
+        )
+    if limit is not None:
+        test = test[:limit]
+    n_ref = 0
+    if "reference" in samplers:
+        n_ref = len(test) if reference_limit is None else max(0, min(reference_limit, len(test)))
+
+    from cvdm_cli.sampler import count_steps
+
+    run = _Run(
+        model=model,
+        scale=scale,
+        samplers=samplers,
+        samples=samples,
+        steps=count_steps("fast", steps, model.config.timesteps),
+        reference_samples=reference_samples,
+        reference_steps=count_steps("reference", steps, model.config.timesteps),
+        rl_iterations=None if missing else (tuning.best if tuning else rl_iterations),
+        seed=seed,
+    )
+
+    # --- score every test image ----------------------------------------------------------
+    writer = None
+    if out is not None and figures:
+        try:
+            writer = _FigureWriter(out)
+        except ModuleNotFoundError as exc:
+            if exc.name is None or not exc.name.startswith("matplotlib"):
+                raise
+            notices.append(
+                "figures skipped: matplotlib is not installed (pip install 'cvdm-cli[figures]')"
+            )
+    rows: list[dict[str, Any]] = []
+    track = _Progress(progress, len(test))
+    t_start = time.perf_counter()
+    for index, pair in enumerate(test):
+        lr, hr = load(pair)
+        with_ref = index < n_ref
+        track.start(index, run.calls(with_ref))
+        pair_rows, panels = _score_pair(
+            run, pair.stem, lr, hr, None if missing else psfs.get(pair.stem, pair.lr),
+            index=index, with_reference=with_ref, progress=track,
+        )  # fmt: skip
+        rows.extend(pair_rows)
+        if writer is not None:
+            writer.add(panels)
+        track.start(index + 1, 1)
+        track.emit(f"{pair.stem}: done")
+
+    settings: dict[str, Any] = {
+        "lr_dir": str(lr_dir),
+        "hr_dir": str(hr_dir),
+        "model": _model_description(model_path_or_model, model),
+        "scale": scale,
+        "samplers": list(samplers),
+        "samples": samples if "fast" in samplers else None,
+        "steps": run.steps if "fast" in samplers else None,
+        "reference_samples": reference_samples if n_ref else None,
+        "reference_steps": run.reference_steps if n_ref else None,
+        "reference_images": n_ref,
+        "n_pairs": len(pairs),
+        "n_validation": len(val),
+        "n_scored": len(test),
+        "validation_stems": [p.stem for p in val],
+        "rl_iterations": run.rl_iterations,
+        "psf_source": None if missing else psfs.source,
+        "seed": seed,
+        "device": str(model.device),
+        "input_percentiles": [model.config.norm_low, model.config.norm_high],
+        "target_percentiles": [metrics.TARGET_PMIN, metrics.TARGET_PMAX],
+        "seconds_total": time.perf_counter() - t_start,
+    }
+    report = EvaluationReport(
+        settings=settings,
+        rows=rows,
+        summary=_summaries(rows),
+        wins=_wins(rows),
+        fast_vs_reference=_fast_vs_reference(rows, samples, reference_samples)
+        if "fast" in samplers
+        else None,
+        rl_tuning=tuning.to_dict() if tuning is not None else None,
+        notices=notices + psfs.notices,
+    )
+    if writer is not None:
+        report.files.update(writer.finish(report))
+    if out is not None:
+        _write_reports(report, out)
+    return report
+
+
+def _model_description(spec: Any, model: CVDM) -> dict[str, Any]:
+    info = {k: v for k, v in model.info.items() if isinstance(v, str | int | float | bool)}
+    return {
+        "source": "in-memory model" if hasattr(spec, "config") else str(spec),
+        "preset": model.config.name,
+        "timesteps": model.config.timesteps,
+        "info": info,
+    }
+
+
+# --- outputs ---------------------------------------------------------------------------
+
+
+def _prepare_out(out: Path, overwrite: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise OutputExistsError("exists and is not a folder", path=out, hint="choose --out DIR")
+    if (out / "report.json").exists() and not overwrite:
+        raise OutputExistsError(
+            "already holds an evaluation report",
+            path=out,
+            hint="choose another --out folder, or pass --overwrite",
+        )
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputNotWritableError(
+            f"cannot create the folder ({exc.strerror})", path=out
+        ) from None
+
+
+def _write_text(path: Path, text: str) -> None:
+    """Write via a temporary name so that a partial file never has the final name."""
+    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _write_reports(report: EvaluationReport, out: Path) -> None:
+    report.files.update(
+        csv=str(out / "metrics.csv"), json=str(out / "report.json"), markdown=str(out / "report.md")
+    )
+    _write_text(out / "metrics.csv", report.to_csv())
+    _write_text(out / "report.md", report.to_markdown())
+    _write_text(out / "report.json", json.dumps(report.to_dict(), indent=2) + "\n")
+
+
+class _FigureWriter:
+    """PNG per image as soon as it is scored (memory stays flat), then the summary grid.
+
+    Uses matplotlib's object API with the Agg canvas (no pyplot, no global state).
+    Importing it raises ModuleNotFoundError when matplotlib is absent.
+    """
+
+    def __init__(self, out: Path) -> None:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+
+        self.Figure, self.Canvas = Figure, FigureCanvasAgg
+        self.out = out
+        self.kept: list[_Panels] = []
+        self.files: dict[str, str] = {}
+
+    def _figure(self, rows: int) -> tuple[Any, np.ndarray]:
+        fig = self.Figure(figsize=(2.0 * len(COLUMNS), 2.1 * rows + 0.5), layout="constrained")
+        self.Canvas(fig)
+        return fig, np.atleast_2d(fig.subplots(rows, len(COLUMNS)))
+
+    def add(self, panels: _Panels) -> None:
+        fig, axes = self._figure(1)
+        _draw_row(axes[0], panels, titles=True)
+        fig.suptitle(panels.title, fontsize=8)
+        folder = self.out / "figures"
+        folder.mkdir(exist_ok=True)
+        path = folder / f"{panels.stem}.png"
+        fig.savefig(path, dpi=100)
+        self.files[f"figure:{panels.stem}"] = str(path)
+        if len(self.kept) < SUMMARY_IMAGES:
+            self.kept.append(panels)
+
+    def finish(self, report: EvaluationReport) -> dict[str, str]:
+        if self.kept:
+            fig, axes = self._figure(len(self.kept))
+            for i, p in enumerate(self.kept):
+                _draw_row(axes[i], p, titles=i == 0)
+                axes[i][0].set_ylabel(p.stem, fontsize=8)
+            means = " · ".join(
+                f"{m} {s['mean']['psnr']:.2f} dB / {s['mean']['ssim']:.3f}"
+                for m, s in report.summary.items()
+            )
+            n = report.settings["n_scored"]
+            fig.suptitle(f"mean PSNR / SSIM over {n} image(s): {means}", fontsize=8)
+            path = self.out / "summary.png"
+            fig.savefig(path, dpi=100)
+            self.files["summary"] = str(path)
+        return self.files
+
+
+def _draw_row(axes: Sequence[Any], p: _Panels, titles: bool) -> None:
+    """One image's panels; std and abs error share one colour scale so they compare."""
+    spread = [p.images[k] for k in ("std", "abs error") if p.images[k] is not None]
+    emax = max((float(np.percentile(a, 99.5)) for a in spread), default=1.0)
+    for ax, name in zip(axes, COLUMNS, strict=True):
+        ax.set_xticks([])
+        ax.set_yticks([])
+        if titles:
+            ax.set_title(name, fontsize=9)
+        img = p.images[name]
+        if img is None:
+            ax.text(0.5, 0.5, "not run", ha="center", va="center", transform=ax.transAxes)
+        elif name in ("std", "abs error"):
+            ax.imshow(img, cmap="magma", vmin=0.0, vmax=max(emax, 1e-12), interpolation="nearest")
+        else:  # intensities in target units: the truth's 0.1-99.9 percentiles are 0 and 1
+            ax.imshow(img, cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")

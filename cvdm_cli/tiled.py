@@ -1,0 +1,369 @@
+"""Sampling one plane in tiles: ``independent`` or ``sync`` (MultiDiffusion).
+
+Geometry comes from ``tiling.plan_tiles`` (output pixels; each tile's low-res window has a
+margin, so the bicubic condition of a tile equals the whole plane's). Per plane:
+
+1. condition x and lambda(x) are computed ONCE per tile (batched), then blended into
+   plane maps with the tapered weights w_t / sum_t w_t;
+2. ``independent``: each (tile, sample) runs its own trajectory with noise seeded by
+   (seed, plane, tile position, sample); the finished tiles are blended per sample;
+   ``sync``: every sample keeps ONE latent z of the padded plane. At each step the tiles
+   of z are denoised (batched), the eps predictions blended into one plane eps, and the
+   DDIM/DDPM update applied to the whole plane with ONE plane noise field (seeded by
+   (seed, plane, sample)), so neighbouring tiles cannot disagree and the injected noise
+   keeps unit variance (averaging independent per-tile noise would shrink it);
+3. mean and variance over samples by Welford, in chunks of samples.
+
+Noise depends on (seed, plane index, tile position, sample) only, never on the batch
+size, tile order or device count.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from cvdm_cli.errors import ConfigError
+from cvdm_cli.model import CVDM
+from cvdm_cli.sampler import (
+    DEFAULT_FAST_ETA,
+    NoiseSource,
+    ProgressCallback,
+    auto_batch_size,
+    autocast_context,
+    make_eps_fn,
+    make_schedule,
+    run_steps,
+)
+from cvdm_cli.tiling import TilePlan, plan_tiles, tile_seed, tile_weights, weight_sum
+
+TILINGS = ("sync", "independent")
+SAMPLE_CHUNK = 8  # samples held as planes at once (memory ~ SAMPLE_CHUNK planes)
+
+
+@dataclass
+class PlaneReconstruction:
+    """Outputs for one plane on the output grid (float32 numpy, normalised units).
+
+    mean, var: (H, W); var is unbiased (ddof=1), zero for one sample.
+    samples: (K, H, W) when asked for. difficulty: lambda(x), (H, W).
+    """
+
+    mean: np.ndarray
+    var: np.ndarray
+    difficulty: np.ndarray
+    samples: np.ndarray | None = None
+
+
+def _sample_seed(seed: int, plane_index: int, key: int, sample: int) -> int:
+    ss = np.random.SeedSequence(
+        [
+            int(seed) & 0xFFFFFFFF,
+            int(seed) >> 32,
+            int(plane_index),
+            int(key) & 0xFFFFFFFF,
+            int(key) >> 32,
+            int(sample),
+            0x5A,
+        ]
+    )
+    return int(ss.generate_state(1, dtype=np.uint64)[0] & np.uint64(2**63 - 1))
+
+
+def plan_for(model: CVDM, lr_shape: tuple[int, int], tile: int | None, overlap: int) -> TilePlan:
+    """A tile plan whose tiles fit the network (multiples of ``model.pad_multiple``).
+
+    tile=None: one tile covering the whole plane (padded to the network multiple).
+    """
+    mult = model.pad_multiple
+    scale = model.config.scale
+    if tile is None:
+        longest = scale * max(lr_shape)
+        tile = -(-longest // mult) * mult
+        overlap = 0
+    if tile % mult:
+        raise ConfigError(
+            f"tile {tile} is not a multiple of {mult}",
+            path="--tile",
+            hint=f"use a multiple of {mult}, e.g. 256",
+        )
+    return plan_tiles(
+        lr_shape,
+        tile=tile,
+        overlap=overlap,
+        scale=scale,
+        margin_lr=max(4, mult // scale),
+        multiple=mult,
+    )
+
+
+class _PlaneTiles:
+    """Per-tile conditions and lambda maps of one plane, plus blending helpers (torch)."""
+
+    def __init__(self, model: CVDM, lowres: np.ndarray, plan: TilePlan, batch: int) -> None:
+        device = model.device
+        self.plan = plan
+        padded = plan.pad_lr(np.asarray(lowres, dtype=np.float32))
+        windows = np.stack([plan.cut_lr(padded, t) for t in plan.tiles])[:, None]
+        xs, lams = [], []
+        for start in range(0, len(plan.tiles), batch):
+            win = torch.from_numpy(windows[start : start + batch]).to(device)
+            up = model.condition(win)
+            x = torch.stack(
+                [
+                    up[
+                        i,
+                        :,
+                        plan.tiles[start + i].crop_slices[0],
+                        plan.tiles[start + i].crop_slices[1],
+                    ]
+                    for i in range(up.shape[0])
+                ]
+            )
+            xs.append(x)
+            lams.append(model.lam(x))  # once per tile, shared by all samples and steps
+        self.x = torch.cat(xs)  # (n_tiles, 1, th, tw)
+        self.lam = torch.cat(lams)
+        self.w = torch.from_numpy(tile_weights(plan))[:, None].to(device)  # (n,1,th,tw)
+        self.wsum = torch.from_numpy(weight_sum(plan))[None, None].to(device)
+
+    def blend(self, values: Tensor) -> Tensor:
+        """(n_tiles, C, th, tw) -> (C, Hp, Wp) tapered weighted mean on the padded plane."""
+        acc = torch.zeros((values.shape[1], *self.plan.padded_out_shape), device=values.device)
+        for i, t in enumerate(self.plan.tiles):
+            acc[:, t.out_slices[0], t.out_slices[1]] += values[i] * self.w[i]
+        return acc / self.wsum[0]
+
+    def crop(self, plane: Tensor) -> Tensor:
+        (y0, y1, x0, x1) = self.plan.out_crop
+        return plane[..., y0:y1, x0:x1]
+
+
+class _Welford:
+    def __init__(self) -> None:
+        self.n, self.mean, self.m2 = 0, None, None
+
+    def add(self, y: Tensor) -> None:
+        if self.mean is None:
+            self.mean, self.m2 = torch.zeros_like(y), torch.zeros_like(y)
+        self.n += 1
+        delta = y - self.mean
+        self.mean += delta / self.n
+        self.m2 += delta * (y - self.mean)
+
+    def variance(self) -> Tensor:
+        return self.m2 / max(self.n - 1, 1)
+
+
+@torch.inference_mode()
+def reconstruct_plane(
+    model: CVDM,
+    lowres: np.ndarray,
+    *,
+    tile: int | None = None,
+    overlap: int = 32,
+    tiling: str = "sync",
+    samples: int = 8,
+    steps: int = 20,
+    sampler: str = "fast",
+    seed: int = 0,
+    plane_index: int = 0,
+    batch_size: int | None = None,
+    precision: str = "fp32",
+    eta: float | None = None,
+    clip: float | None = 4.0,
+    callback: ProgressCallback | None = None,
+    return_samples: bool = False,
+) -> PlaneReconstruction:
+    """Sample one normalised plane (h, w) in tiles; outputs on the (scale*h, scale*w) grid.
+
+    tile/overlap in output pixels (tile=None: the whole plane at once). ``batch_size``
+    counts tile-samples per denoiser call (default from the device). ``callback(done,
+    total)`` in tile-sample passes.
+    """
+    if tiling not in TILINGS:
+        raise ConfigError(
+            f"unknown tiling {tiling!r}", path="--tiling", hint="use sync or independent"
+        )
+    if samples < 1:
+        raise ConfigError(f"samples must be >= 1, got {samples}", path="--samples")
+    model.eval()
+    lowres = np.asarray(lowres, dtype=np.float32)
+    if lowres.ndim != 2:
+        raise ConfigError(f"a plane must be 2D, got shape {lowres.shape}")
+    plan = plan_for(model, lowres.shape, tile, overlap)
+    th, tw = plan.tile_shape
+    bs = batch_size or auto_batch_size(th * tw, model.device)
+    tiles = _PlaneTiles(model, lowres, plan, bs)
+    eta_value = (DEFAULT_FAST_ETA if sampler == "fast" else 1.0) if eta is None else eta
+    n_steps = make_schedule(model, tiles.lam[:1], sampler, steps).n_steps
+    progress = _Progress(callback, samples * len(plan.tiles) * n_steps)
+
+    stats = _Welford()
+    kept: list[Tensor] = []
+    for k0 in range(0, samples, SAMPLE_CHUNK):
+        ks = list(range(k0, min(k0 + SAMPLE_CHUNK, samples)))
+        run = _sample_sync if tiling == "sync" else _sample_independent
+        planes = run(
+            model,
+            tiles,
+            ks,
+            sampler=sampler,
+            steps=steps,
+            seed=seed,
+            plane_index=plane_index,
+            batch=bs,
+            precision=precision,
+            eta=eta_value,
+            clip=clip,
+            progress=progress,
+        )  # (len(ks), Hp, Wp)
+        for plane in planes:
+            y = tiles.crop(plane)
+            stats.add(y)
+            if return_samples:
+                kept.append(y.cpu())
+    difficulty = tiles.crop(tiles.blend(tiles.lam))[0]
+    return PlaneReconstruction(
+        mean=stats.mean.cpu().numpy().astype(np.float32),
+        var=stats.variance().cpu().numpy().astype(np.float32),
+        difficulty=difficulty.cpu().numpy().astype(np.float32),
+        samples=torch.stack(kept).numpy() if return_samples else None,
+    )
+
+
+class _Progress:
+    def __init__(self, callback: ProgressCallback | None, total: int) -> None:
+        self.callback, self.total, self.done = callback, total, 0
+
+    def add(self, n: int) -> None:
+        self.done += n
+        if self.callback is not None:
+            self.callback(self.done, self.total)
+
+
+def _sample_sync(
+    model: CVDM,
+    tiles: _PlaneTiles,
+    ks: list[int],
+    *,
+    sampler: str,
+    steps: int,
+    seed: int,
+    plane_index: int,
+    batch: int,
+    precision: str,
+    eta: float,
+    clip: float | None,
+    progress: _Progress,
+) -> Tensor:
+    """MultiDiffusion: one latent per sample on the padded plane; returns (K, Hp, Wp)."""
+    device = model.device
+    plan = tiles.plan
+    lam_plane = tiles.blend(tiles.lam)[None]  # (1,1,Hp,Wp)
+    x_plane = tiles.blend(tiles.x)[None]
+    schedule = make_schedule(model, lam_plane, sampler, steps)
+    noise = NoiseSource([_sample_seed(seed, plane_index, -1 & 0xFFFFFFFF, k) for k in ks])
+    items = list(range(len(ks)))
+    shape = (1, *plan.padded_out_shape)
+    n_tiles = len(plan.tiles)
+    pairs = [(k, t) for k in range(len(ks)) for t in range(n_tiles)]
+
+    def eps_fn(z: Tensor, gamma: Tensor) -> Tensor:
+        # Cut every (sample, tile), denoise in batches, blend back into one plane eps.
+        acc = torch.zeros_like(z)
+        g_tiles = torch.stack([gamma[0, :, t.out_slices[0], t.out_slices[1]] for t in plan.tiles])
+        for start in range(0, len(pairs), batch):
+            chunk = pairs[start : start + batch]
+            z_b = torch.stack(
+                [
+                    z[k, :, plan.tiles[t].out_slices[0], plan.tiles[t].out_slices[1]]
+                    for k, t in chunk
+                ]
+            )
+            t_idx = torch.tensor([t for _, t in chunk], device=device)
+            with autocast_context(device, precision):
+                eps_b = model.eps(z_b, tiles.x[t_idx], g_tiles[t_idx]).float()
+            for row, (k, t) in enumerate(chunk):
+                sl = plan.tiles[t].out_slices
+                acc[k, :, sl[0], sl[1]] += eps_b[row] * tiles.w[t]
+            progress.add(len(chunk))
+        return acc / tiles.wsum
+
+    z = noise.draw(items, shape, device)
+    r = run_steps(
+        eps_fn, schedule, z, eta=eta, noise=lambda: noise.draw(items, shape, device), clip=clip
+    )
+    return (x_plane + r)[:, 0]
+
+
+def _sample_independent(
+    model: CVDM,
+    tiles: _PlaneTiles,
+    ks: list[int],
+    *,
+    sampler: str,
+    steps: int,
+    seed: int,
+    plane_index: int,
+    batch: int,
+    precision: str,
+    eta: float,
+    clip: float | None,
+    progress: _Progress,
+) -> Tensor:
+    """Each (tile, sample) on its own trajectory, blended per sample: (K, Hp, Wp)."""
+    device = model.device
+    plan = tiles.plan
+    items = [(k, t) for k in range(len(ks)) for t in range(len(plan.tiles))]
+    noise = NoiseSource(
+        [
+            _sample_seed(seed, plane_index, tile_seed(seed, plane_index, plan.tiles[t]), ks[k])
+            for k, t in items
+        ]
+    )
+    acc = torch.zeros((len(ks), *plan.padded_out_shape), device=device)
+    shape = (1, *plan.tile_shape)
+    for start in range(0, len(items), batch):
+        chunk = list(range(start, min(start + batch, len(items))))
+        t_idx = torch.tensor([items[j][1] for j in chunk], device=device)
+        x_b, lam_b = tiles.x[t_idx], tiles.lam[t_idx]
+        schedule = make_schedule(model, lam_b, sampler, steps)
+        z = noise.draw(chunk, shape, device)
+        r = run_steps(
+            make_eps_fn(model, x_b, precision),
+            schedule,
+            z,
+            eta=eta,
+            noise=lambda c=chunk: noise.draw(c, shape, device),
+            clip=clip,
+            on_step=lambda n=len(chunk): progress.add(n),
+        )
+        y = x_b + r
+        for row, j in enumerate(chunk):
+            k, t = items[j]
+            sl = plan.tiles[t].out_slices
+            acc[k, sl[0], sl[1]] += (y[row] * tiles.w[t])[0]
+    return acc / tiles.wsum[0]
+
+
+def schedule_map_plane(
+    model: CVDM,
+    lowres: np.ndarray,
+    *,
+    tile: int | None = None,
+    overlap: int = 32,
+    batch_size: int | None = None,
+) -> np.ndarray:
+    """lambda(x) of a plane on the output grid (tiled and blended), float32 (H, W)."""
+    with torch.inference_mode():
+        plan = plan_for(model, np.asarray(lowres).shape, tile, overlap)
+        bs = batch_size or auto_batch_size(plan.tile_shape[0] * plan.tile_shape[1], model.device)
+        tiles = _PlaneTiles(model, lowres, plan, bs)
+        return tiles.crop(tiles.blend(tiles.lam))[0].cpu().numpy().astype(np.float32)
+
+
+__all__ = ["TILINGS", "PlaneReconstruction", "plan_for", "reconstruct_plane", "schedule_map_plane"]

@@ -1,0 +1,469 @@
+"""Training a CVDM on paired low-res / high-res images.
+
+Data: pairs of 2D images (LR (h, w), HR (scale*h, scale*w)), each normalised on its own by
+percentiles (1, 99.8) -> [-1, 1] exactly as at inference; the condition x (bicubic
+upsampling of the whole LR image) is computed once per image, so random patches of x and
+y are cut from the same place and match whole-image inference.
+
+Optimisation: AdamW, linear warm-up then cosine decay to 10% of the peak learning rate,
+gradient-norm clipping, an exponential moving average (EMA) of the weights used for
+validation and export, bf16 autocast on CUDA.
+
+Checkpoints are .safetensors (no pickle): weights, EMA, AdamW moments, step, and the
+states of both random generators, so ``resume`` continues bit-exactly.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import math
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from cvdm_cli.config import ModelConfig
+from cvdm_cli.diffusion import LossTerms, cvdm_losses
+from cvdm_cli.errors import DataError, InvalidWeightsError
+from cvdm_cli.model import CVDM
+from cvdm_cli.normalize import percentile_normalize
+
+CHECKPOINT_FORMAT = "cvdm-train-1"
+
+
+# --- configuration --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation settings. Sizes are in low-res pixels unless stated."""
+
+    steps: int = 10_000
+    batch_size: int = 8
+    patch: int = 64  # LR patch side; the HR patch is scale * patch
+    lr: float = 2e-4
+    weight_decay: float = 1e-4
+    warmup: int = 200
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999
+    checkpoint_every: int = 250
+    val_every: int = 500
+    val_images: int = 4
+    val_samples: int = 2
+    val_steps: int = 10
+    val_fraction: float = 0.1
+    seed: int = 0
+    precision: str = "auto"  # auto = bf16 on CUDA, fp32 elsewhere
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def learning_rate(step: int, cfg: TrainConfig) -> float:
+    """Linear warm-up to cfg.lr, then cosine decay to 0.1 cfg.lr at cfg.steps."""
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    progress = min(1.0, (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup))
+    return cfg.lr * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * progress)))
+
+
+# --- data -----------------------------------------------------------------------------
+
+
+def read_image(path: Path) -> np.ndarray:
+    """First YX plane of a TIFF as float32."""
+    from cvdm_cli.tiff import open_tiff
+
+    with open_tiff(path) as tif:
+        if tif.n_planes != 1:
+            raise DataError(
+                f"expected a single 2D plane, found {tif.n_planes} planes",
+                path=path,
+                hint="training pairs must be 2D images",
+            )
+        return tif.read_plane(0).astype(np.float32)
+
+
+def pair_files(lr_dir: Path, hr_dir: Path) -> list[tuple[Path, Path]]:
+    """Match LR and HR files by stem; any unpaired file is an error naming it."""
+
+    def tiffs(folder: Path) -> dict[str, Path]:
+        if not folder.is_dir():
+            raise DataError("folder not found", path=folder, hint="pass an existing folder")
+        return {
+            p.stem: p
+            for p in sorted(folder.iterdir())
+            if p.suffix.lower() in (".tif", ".tiff") and not p.name.startswith(".")
+        }
+
+    lr, hr = tiffs(lr_dir), tiffs(hr_dir)
+    only_lr, only_hr = sorted(set(lr) - set(hr)), sorted(set(hr) - set(lr))
+    if only_lr or only_hr:
+        first = lr[only_lr[0]] if only_lr else hr[only_hr[0]]
+        raise DataError(
+            f"unpaired files: {len(only_lr)} in --lr without a match in --hr, "
+            f"{len(only_hr)} in --hr without a match in --lr",
+            path=first,
+            hint="LR and HR files must have the same names",
+        )
+    if not lr:
+        raise DataError("no .tif/.tiff files found", path=lr_dir, hint="check --lr / --hr")
+    return [(lr[s], hr[s]) for s in sorted(lr)]
+
+
+@dataclass
+class Pair:
+    """One normalised pair on the output grid: x (1,H,W) condition, y (1,H,W) target."""
+
+    name: str
+    lowres: Tensor  # (1, h, w) normalised LR
+    x: Tensor
+    y: Tensor
+
+
+class PairedData:
+    """All pairs in memory (normalised), split into train and validation."""
+
+    def __init__(
+        self, pairs: Sequence[Pair], *, val_fraction: float, patch: int, scale: int, seed: int = 0
+    ) -> None:
+        if len(pairs) < 2:
+            raise DataError(
+                f"need at least 2 image pairs, found {len(pairs)}",
+                hint="add more pairs or simulate them with `cvdm simulate`",
+            )
+        order = np.random.default_rng(seed).permutation(len(pairs))
+        n_val = max(1, round(val_fraction * len(pairs))) if val_fraction > 0 else 0
+        self.val = [pairs[i] for i in order[:n_val]]
+        self.train = [pairs[i] for i in order[n_val:]]
+        self.patch, self.scale = patch, scale
+
+    @classmethod
+    def from_folders(
+        cls,
+        lr_dir: Path,
+        hr_dir: Path,
+        *,
+        config: ModelConfig,
+        patch: int,
+        val_fraction: float,
+        seed: int = 0,
+    ) -> PairedData:
+        pairs = []
+        for lr_path, hr_path in pair_files(Path(lr_dir), Path(hr_dir)):
+            lr, hr = read_image(lr_path), read_image(hr_path)
+            pairs.append(
+                make_pair(lr_path.stem, lr, hr, config=config, patch=patch, lr_path=lr_path)
+            )
+        return cls(pairs, val_fraction=val_fraction, patch=patch, scale=config.scale, seed=seed)
+
+    def batch(self, rng: np.random.Generator, size: int) -> tuple[Tensor, Tensor]:
+        """Random aligned patches with random flips / 90-degree rotations: (B,1,P,P) x 2."""
+        hp = self.patch * self.scale
+        xs, ys = [], []
+        for _ in range(size):
+            pair = self.train[int(rng.integers(len(self.train)))]
+            h, w = pair.y.shape[-2:]
+            # Patch corners on the LR grid, so x and y patches stay aligned with the LR pixels.
+            i = int(rng.integers(0, (h - hp) // self.scale + 1)) * self.scale
+            j = int(rng.integers(0, (w - hp) // self.scale + 1)) * self.scale
+            x = pair.x[:, i : i + hp, j : j + hp]
+            y = pair.y[:, i : i + hp, j : j + hp]
+            k, flip = int(rng.integers(4)), bool(rng.integers(2))
+            x, y = torch.rot90(x, k, (1, 2)), torch.rot90(y, k, (1, 2))
+            if flip:
+                x, y = x.flip(-1), y.flip(-1)
+            xs.append(x)
+            ys.append(y)
+        return torch.stack(xs), torch.stack(ys)
+
+    def describe(self) -> dict[str, Any]:
+        return {"train_pairs": len(self.train), "val_pairs": len(self.val), "patch_lr": self.patch}
+
+
+def make_pair(
+    name: str,
+    lr: np.ndarray,
+    hr: np.ndarray,
+    *,
+    config: ModelConfig,
+    patch: int,
+    lr_path: Path | None = None,
+) -> Pair:
+    """Check shapes, normalise both images, and precompute the condition x."""
+    s = config.scale
+    if hr.shape != (lr.shape[0] * s, lr.shape[1] * s):
+        raise DataError(
+            f"HR shape {hr.shape} is not exactly {s}x the LR shape {lr.shape}",
+            path=lr_path or name,
+            hint=f"HR images must be {s}x the LR size in Y and X",
+        )
+    if min(lr.shape) < patch:
+        raise DataError(
+            f"image {lr.shape} is smaller than the training patch {patch}",
+            path=lr_path or name,
+            hint="use a smaller --patch or larger images",
+        )
+    lr_n, _ = percentile_normalize(lr, config.norm_low, config.norm_high, plane_label=name)
+    hr_n, _ = percentile_normalize(hr, config.norm_low, config.norm_high, plane_label=name)
+    lowres = torch.from_numpy(np.ascontiguousarray(lr_n))[None]
+    x = F.interpolate(lowres[None], scale_factor=float(s), mode="bicubic", align_corners=False)[0]
+    y = torch.from_numpy(np.ascontiguousarray(hr_n))[None]
+    return Pair(name=name, lowres=lowres, x=x, y=y)
+
+
+# --- EMA and checkpoints ------------------------------------------------------------
+
+
+@torch.no_grad()
+def ema_update(ema: CVDM, model: CVDM, decay: float, step: int) -> None:
+    """EMA with the usual warm-up: d = min(decay, (1 + step) / (10 + step))."""
+    d = min(decay, (1.0 + step) / (10.0 + step))
+    for p_ema, p in zip(ema.parameters(), model.parameters(), strict=True):
+        p_ema.lerp_(p.detach(), 1.0 - d)
+
+
+@dataclass
+class TrainState:
+    model: CVDM
+    ema: CVDM
+    optimizer: torch.optim.AdamW
+    step: int
+    rng: np.random.Generator  # patch sampling
+    gen: torch.Generator  # t and eps
+    history: list[dict[str, float]]
+
+
+def save_checkpoint(path: Path, state: TrainState, cfg: TrainConfig) -> Path:
+    """Everything needed for an exact resume, as one .safetensors file (atomic)."""
+    from safetensors.torch import save_file
+
+    tensors: dict[str, Tensor] = {}
+    for k, v in state.model.state_dict().items():
+        tensors[f"model/{k}"] = v.detach().cpu().contiguous()
+    for k, v in state.ema.state_dict().items():
+        tensors[f"ema/{k}"] = v.detach().cpu().contiguous()
+    opt_state = state.optimizer.state_dict()
+    for idx, st in opt_state["state"].items():
+        for name, value in st.items():
+            tensors[f"optim/{idx}/{name}"] = torch.as_tensor(value).detach().cpu().contiguous()
+    tensors["rng/torch"] = state.gen.get_state()
+    meta = {
+        "format": CHECKPOINT_FORMAT,
+        "step": str(state.step),
+        "model_config": state.model.config.to_json(),
+        "train_config": json.dumps(cfg.to_dict()),
+        "numpy_rng": json.dumps(state.rng.bit_generator.state),
+        "history": json.dumps(state.history[-200:]),
+        "info": json.dumps(state.model.info, default=str),
+    }
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
+    save_file(tensors, str(tmp), metadata=meta)
+    os.replace(tmp, path)
+    return path
+
+
+def load_checkpoint(path: Path, cfg: TrainConfig, device: torch.device) -> TrainState:
+    """Rebuild the training state saved by :func:`save_checkpoint`."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+    except Exception as exc:  # safetensors raises several types for a bad file
+        raise InvalidWeightsError(
+            f"not a readable checkpoint ({exc})",
+            path=path,
+            hint="pass the .ckpt.safetensors written by cvdm train",
+        ) from None
+    if meta.get("format") != CHECKPOINT_FORMAT:
+        raise InvalidWeightsError(
+            "not a cvdm training checkpoint",
+            path=path,
+            hint="pass the .ckpt.safetensors written by cvdm train",
+        )
+    config = ModelConfig.from_json(meta["model_config"])
+    model, ema = CVDM(config), CVDM(config)
+    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model/")})
+    ema.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema/")})
+    model.info = json.loads(meta.get("info", "{}"))
+    model.to(device)
+    ema.to(device)
+    optimizer = make_optimizer(model, cfg)
+    opt_state = optimizer.state_dict()
+    for key, value in tensors.items():
+        if key.startswith("optim/"):
+            _, idx, name = key.split("/", 2)
+            opt_state["state"].setdefault(int(idx), {})[name] = value.to(
+                device if name != "step" else "cpu"
+            )
+    optimizer.load_state_dict(opt_state)
+    rng = np.random.default_rng()
+    rng.bit_generator.state = json.loads(meta["numpy_rng"])
+    gen = torch.Generator()
+    gen.set_state(tensors["rng/torch"])
+    return TrainState(
+        model=model,
+        ema=ema,
+        optimizer=optimizer,
+        step=int(meta["step"]),
+        rng=rng,
+        gen=gen,
+        history=json.loads(meta.get("history", "[]")),
+    )
+
+
+def make_optimizer(model: CVDM, cfg: TrainConfig) -> torch.optim.AdamW:
+    return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def new_state(config: ModelConfig, cfg: TrainConfig, device: torch.device) -> TrainState:
+    torch.manual_seed(cfg.seed)  # parameter initialisation
+    model = CVDM(config).to(device)
+    ema = copy.deepcopy(model)
+    return TrainState(
+        model=model,
+        ema=ema,
+        optimizer=make_optimizer(model, cfg),
+        step=0,
+        rng=np.random.default_rng(cfg.seed),
+        gen=torch.Generator().manual_seed(cfg.seed + 1),
+        history=[],
+    )
+
+
+# --- validation -------------------------------------------------------------------------
+
+
+def psnr(pred: np.ndarray, target: np.ndarray, data_range: float = 2.0) -> float:
+    mse = float(np.mean((pred.astype(np.float64) - target) ** 2))
+    return float("inf") if mse == 0 else 10.0 * math.log10(data_range**2 / mse)
+
+
+@torch.no_grad()
+def validate(model: CVDM, pairs: Sequence[Pair], cfg: TrainConfig) -> dict[str, float]:
+    """Mean PSNR (normalised units, range 2) of the fast sampler vs bicubic on val pairs."""
+    from cvdm_cli.sampler import reconstruct
+
+    if not pairs:
+        return {}
+    scores, bicubic = [], []
+    for i, pair in enumerate(pairs[: cfg.val_images]):
+        rec = reconstruct(
+            model,
+            pair.lowres[None].to(model.device),
+            samples=cfg.val_samples,
+            steps=cfg.val_steps,
+            generator=torch.Generator().manual_seed(i),
+        )
+        target = pair.y.numpy()[None]
+        scores.append(psnr(rec.mean, target))
+        bicubic.append(psnr(pair.x.numpy()[None], target))
+    return {"val_psnr": float(np.mean(scores)), "val_psnr_bicubic": float(np.mean(bicubic))}
+
+
+# --- the loop ---------------------------------------------------------------------------
+
+StepCallback = Callable[[int, dict[str, float]], None]
+
+
+def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
+    if precision == "auto":
+        return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else None
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+def train(
+    data: PairedData,
+    *,
+    model_config: ModelConfig,
+    cfg: TrainConfig,
+    out: Path,
+    device: torch.device | str = "cpu",
+    resume: Path | None = None,
+    info: dict[str, Any] | None = None,
+    callback: StepCallback | None = None,
+    stop_after: int | None = None,
+) -> TrainState:
+    """Train until ``cfg.steps``; write checkpoints and the final EMA weights to ``out``.
+
+    Checkpoint: ``<out stem>.ckpt.safetensors`` next to ``out``, every
+    ``cfg.checkpoint_every`` steps and at the end. ``stop_after``: stop (with a
+    checkpoint) after this many steps of this call, for tests and time-boxed runs.
+    ``callback(step, record)`` after every step with the loss terms and learning rate.
+    """
+    from cvdm_cli.weights import save_weights
+
+    device = torch.device(device)
+    out = Path(out)
+    ckpt_path = checkpoint_path(out)
+    state = load_checkpoint(resume, cfg, device) if resume else new_state(model_config, cfg, device)
+    state.model.info.update(info or {})
+    autocast = resolve_precision(cfg.precision, device)
+    model, ema, opt = state.model, state.ema, state.optimizer
+    model.train()
+    started, steps_this_call = time.time(), 0
+    while state.step < cfg.steps:
+        for group in opt.param_groups:
+            group["lr"] = learning_rate(state.step, cfg)
+        x, y = data.batch(state.rng, cfg.batch_size)
+        terms: LossTerms = cvdm_losses(
+            model, x.to(device), y.to(device), generator=state.gen, autocast_dtype=autocast
+        )
+        opt.zero_grad(set_to_none=True)
+        terms.total.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        opt.step()
+        ema_update(ema, model, cfg.ema_decay, state.step)
+        state.step += 1
+        steps_this_call += 1
+        record = {
+            "step": state.step,
+            **terms.as_floats(),
+            "lr": opt.param_groups[0]["lr"],
+            "grad_norm": float(grad_norm),
+        }
+        if cfg.val_every and state.step % cfg.val_every == 0:
+            record.update(validate(ema, data.val, cfg))
+            model.train()
+        if state.step % 50 == 0 or "val_psnr" in record:
+            state.history.append(record)
+        if callback is not None:
+            callback(state.step, record)
+        if state.step % cfg.checkpoint_every == 0:
+            save_checkpoint(ckpt_path, state, cfg)
+        if stop_after is not None and steps_this_call >= stop_after:
+            break
+    save_checkpoint(ckpt_path, state, cfg)
+    final_val = validate(ema, data.val, cfg) if state.step >= cfg.steps else {}
+    export_info = {
+        **model.info,
+        "training": {
+            **data.describe(),
+            "steps": state.step,
+            "train_config": cfg.to_dict(),
+            "seconds_this_run": round(time.time() - started, 1),
+            "device": str(device),
+        },
+        "validation": final_val,
+    }
+    ema.info = export_info
+    save_weights(ema, out)
+    return state
+
+
+def checkpoint_path(out: Path) -> Path:
+    out = Path(out)
+    return out.with_name(out.name.removesuffix(".safetensors") + ".ckpt.safetensors")

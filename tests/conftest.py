@@ -1,0 +1,26 @@
+"""Shared fixtures: small, fast, offline."""
+
+from __future__ import annotations
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def tiny_model():
+    """An untrained tiny CVDM (fixed init), on the CPU, in eval mode."""
+    import torch
+
+    from cvdm_cli import CVDM, ModelConfig
+
+    torch.manual_seed(0)
+    return CVDM(ModelConfig.preset("tiny")).eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_weights(tmp_path_factory, tiny_model):
+    """The tiny model saved as .safetensors."""
+    from cvdm_cli import save_weights
+
+    path = tmp_path_factory.mktemp("weights") / "tiny.safetensors"
+    save_weights(tiny_model, path, note="test fixture")
+    return path
