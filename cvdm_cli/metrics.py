@@ -315,7 +315,8 @@ def uncertainty_scores(
     Args:
         samples: (K, H, W) samples, K >= 2; mean: (H, W) the estimate being scored;
         truth: (H, W). All three in the same units (e.g. after the fair-comparison fit).
-        std is the per-pixel sample standard deviation (ddof=1).
+        std is the per-pixel sample standard deviation (ddof=1); AUSE uses
+        ``min(n_bins, pixels)`` fractions.
     """
     s = _f64(samples)
     m, t = _f64(mean), _f64(truth)
@@ -330,6 +331,6 @@ def uncertainty_scores(
         coverage90=interval_coverage(s, t, 0.9),
         calibrated50=calibrated_coverage(k, 0.5),
         calibrated90=calibrated_coverage(k, 0.9),
-        ause=ause(std, err, n_bins),
+        ause=ause(std, err, min(n_bins, err.size)),
         mean_std=float(std.mean()),
     )

@@ -241,6 +241,7 @@ class TrainState:
     rng: np.random.Generator  # patch sampling
     gen: torch.Generator  # t and eps
     history: list[dict[str, float]]
+    seconds: float = 0.0  # training wall time over all runs (resumes included)
 
 
 def save_checkpoint(path: Path, state: TrainState, cfg: TrainConfig) -> Path:
@@ -264,6 +265,7 @@ def save_checkpoint(path: Path, state: TrainState, cfg: TrainConfig) -> Path:
         "train_config": json.dumps(cfg.to_dict()),
         "numpy_rng": json.dumps(state.rng.bit_generator.state),
         "history": json.dumps(state.history[-200:]),
+        "seconds": f"{state.seconds:.1f}",
         "info": json.dumps(state.model.info, default=str),
     }
     path = Path(path)
@@ -322,6 +324,7 @@ def load_checkpoint(path: Path, cfg: TrainConfig, device: torch.device) -> Train
         rng=rng,
         gen=gen,
         history=json.loads(meta.get("history", "[]")),
+        seconds=float(meta.get("seconds", "0")),
     )
 
 
@@ -404,8 +407,6 @@ def train(
     checkpoint) after this many steps of this call, for tests and time-boxed runs.
     ``callback(step, record)`` after every step with the loss terms and learning rate.
     """
-    from cvdm_cli.weights import save_weights
-
     device = torch.device(device)
     out = Path(out)
     ckpt_path = checkpoint_path(out)
@@ -414,7 +415,7 @@ def train(
     autocast = resolve_precision(cfg.precision, device)
     model, ema, opt = state.model, state.ema, state.optimizer
     model.train()
-    started, steps_this_call = time.time(), 0
+    started, steps_this_call, base_seconds = time.time(), 0, state.seconds
     while state.step < cfg.steps:
         for group in opt.param_groups:
             group["lr"] = learning_rate(state.step, cfg)
@@ -443,25 +444,58 @@ def train(
         if callback is not None:
             callback(state.step, record)
         if state.step % cfg.checkpoint_every == 0:
+            state.seconds = base_seconds + time.time() - started
             save_checkpoint(ckpt_path, state, cfg)
         if stop_after is not None and steps_this_call >= stop_after:
             break
+    state.seconds = base_seconds + time.time() - started
     save_checkpoint(ckpt_path, state, cfg)
     final_val = validate(ema, data.val, cfg) if state.step >= cfg.steps else {}
-    export_info = {
-        **model.info,
+    export_weights(state, cfg, out, data=data.describe(), validation=final_val, device=str(device))
+    return state
+
+
+def export_weights(
+    state: TrainState,
+    cfg: TrainConfig,
+    out: Path,
+    *,
+    data: dict[str, Any],
+    validation: dict[str, float],
+    device: str,
+) -> Path:
+    """Write the EMA weights with a self-describing training record in the metadata."""
+    from cvdm_cli.weights import save_weights
+
+    ema = state.ema
+    ema.info = {
+        **state.model.info,
         "training": {
-            **data.describe(),
+            **data,
             "steps": state.step,
             "train_config": cfg.to_dict(),
-            "seconds_this_run": round(time.time() - started, 1),
-            "device": str(device),
+            "seconds": round(state.seconds, 1),
+            "device": device,
         },
-        "validation": final_val,
+        "validation": validation,
     }
-    ema.info = export_info
-    save_weights(ema, out)
-    return state
+    return save_weights(ema, out)
+
+
+def export_checkpoint(ckpt: Path, out: Path, *, data: PairedData | None = None) -> Path:
+    """Export the EMA weights of a checkpoint (e.g. a run stopped early) to ``out``.
+
+    With ``data``, the held-out pairs are scored first and recorded in the metadata.
+    """
+    from safetensors import safe_open
+
+    with safe_open(str(ckpt), framework="pt") as f:
+        meta = f.metadata() or {}
+    cfg = TrainConfig(**json.loads(meta["train_config"]))
+    state = load_checkpoint(ckpt, cfg, torch.device("cpu"))
+    validation = validate(state.ema, data.val, cfg) if data is not None else {}
+    described = data.describe() if data is not None else {}
+    return export_weights(state, cfg, out, data=described, validation=validation, device="cpu")
 
 
 def checkpoint_path(out: Path) -> Path:

@@ -2,7 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
+
 import pytest
+
+# Keep the tests away from the user's Hugging Face cache (and its verified markers):
+# set before anything imports huggingface_hub, which reads these once at import.
+_HF_HOME = tempfile.mkdtemp(prefix="cvdm-test-hf-")
+os.environ["HF_HOME"] = _HF_HOME
+os.environ["HF_HUB_CACHE"] = os.path.join(_HF_HOME, "hub")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 
 @pytest.fixture(scope="session")

@@ -12,8 +12,11 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable
-from typing import TypeVar
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, TypeVar
 
+import typer
 from rich.console import Console
 from rich.markup import escape
 
@@ -37,6 +40,10 @@ EXIT_CODES: tuple[tuple[type[BaseException], int], ...] = (
     (errors.OfflineError, EXIT_USAGE),
     (errors.ChecksumMismatchError, EXIT_USAGE),
     (errors.InputNotFoundError, EXIT_USAGE),
+    (errors.OutputExistsError, EXIT_USAGE),
+    # `cvdm enhance -o DIR` with DIR not creatable/writable, before any file is processed
+    # (during a batch the same error fails one file instead)
+    (errors.OutputNotWritableError, EXIT_USAGE),
     (errors.CvdmError, EXIT_FAILED),
 )
 
@@ -101,3 +108,171 @@ def set_debug(debug: bool) -> None:
 
 def is_tty() -> bool:
     return sys.stderr.isatty()
+
+
+# --- options shared by `cvdm enhance` and `cvdm uncertainty` (one definition each) ----------
+# Used as ``samples: SamplesOpt = 8``; the default lives in the command signature, the help
+# text here. Documented in docs/cli.md.
+
+
+class SamplerChoice(str, Enum):
+    fast = "fast"
+    reference = "reference"
+
+
+class TilingChoice(str, Enum):
+    sync = "sync"
+    independent = "independent"
+
+
+class PrecisionChoice(str, Enum):
+    auto = "auto"
+    fp32 = "fp32"
+    bf16 = "bf16"
+    fp16 = "fp16"
+
+
+InputsArg = Annotated[
+    list[Path],
+    typer.Argument(help="TIFF files and/or folders (folders: see --glob and --recursive)."),
+]
+OutputDirOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--output",
+        "-o",
+        help="Folder for the outputs (created if needed), keeping the folder layout of the "
+        "inputs. Default: next to each input.",
+    ),
+]
+GlobOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--glob",
+        "-g",
+        help="File pattern for folders, case-insensitive; repeat for several. "
+        "Default: *.tif and *.tiff.",
+    ),
+]
+RecursiveOpt = Annotated[
+    bool, typer.Option("--recursive", "-r", help="Also search the sub-folders of folders.")
+]
+ModelOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--model",
+        "-m",
+        help="Registry name (see `cvdm models list`), .safetensors path, or "
+        "hf://owner/repo/file.safetensors\\[@revision]. Default: the registry's default model.",
+    ),
+]
+SamplesOpt = Annotated[
+    int, typer.Option("--samples", "-n", min=1, help="Samples per plane (mean and variance).")
+]
+StepsOpt = Annotated[
+    int, typer.Option("--steps", min=1, help="Denoiser steps per sample (fast sampler).")
+]
+SamplerOpt = Annotated[
+    SamplerChoice,
+    typer.Option(
+        "--sampler",
+        case_sensitive=False,
+        help="fast (--steps calls) or reference (the paper's T-1 = 199 calls).",
+    ),
+]
+TileOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--tile",
+        min=0,
+        help="Tile size in output pixels (a multiple of the model's size divisor). "
+        "Default: from the device's free memory (256 on a CPU). 0: whole planes.",
+        show_default=False,
+    ),
+]
+OverlapOpt = Annotated[
+    int, typer.Option("--overlap", min=0, help="Overlap of neighbouring tiles, output pixels.")
+]
+TilingOpt = Annotated[
+    TilingChoice,
+    typer.Option(
+        "--tiling",
+        case_sensitive=False,
+        help="sync: tiles share one latent per sample (no seams); independent: each tile "
+        "samples on its own (faster to reason about, seams possible).",
+    ),
+]
+BatchSizeOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--batch-size",
+        min=1,
+        help="Tile-samples per denoiser call. Default: from the device.",
+        show_default=False,
+    ),
+]
+DeviceOpt = Annotated[
+    str, typer.Option("--device", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N, mps.")
+]
+PrecisionOpt = Annotated[
+    PrecisionChoice,
+    typer.Option(
+        "--precision",
+        case_sensitive=False,
+        help="auto = bf16 on CUDA devices that support it, fp32 otherwise.",
+    ),
+]
+SeedOpt = Annotated[
+    int, typer.Option("--seed", help="Random seed: same seed and settings -> same output.")
+]
+AxesOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--axes",
+        help="Override the file's axes, one letter per dimension, e.g. TZCYX, ZYX, YX.",
+        show_default=False,
+    ),
+]
+StdOpt = Annotated[
+    bool,
+    typer.Option(
+        "--std", help="Write the standard deviation (_cvdm_std.tif) instead of the variance."
+    ),
+]
+ReplaceNanOpt = Annotated[
+    bool,
+    typer.Option(
+        "--replace-nan", help="Replace NaN/Inf pixels by the plane's median instead of failing."
+    ),
+]
+OverwriteOpt = Annotated[
+    bool,
+    typer.Option(
+        "--overwrite",
+        help="Redo inputs whose outputs exist (default: skip them, so a rerun resumes).",
+    ),
+]
+DryRunOpt = Annotated[
+    bool,
+    typer.Option(
+        "--dry-run",
+        help="List inputs, shapes, planes, tiles and an estimated time; write nothing.",
+    ),
+]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Print only errors.")]
+JsonOpt = Annotated[
+    bool,
+    typer.Option(
+        "--json",
+        help="One JSON object per file on stdout, then a summary object; nothing else.",
+    ),
+]
+CacheDirOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--cache-dir",
+        help="Hub cache folder (default: $HF_HUB_CACHE, else $HF_HOME/hub, else "
+        "~/.cache/huggingface/hub).",
+        file_okay=False,
+    ),
+]

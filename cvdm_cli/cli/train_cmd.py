@@ -66,6 +66,13 @@ def train(
     resume: Path | None = typer.Option(
         None, "--resume", help="Continue exactly from a .ckpt.safetensors checkpoint."
     ),
+    export_only: bool = typer.Option(
+        False,
+        "--export-only",
+        help="With --resume: only "
+        "export the checkpoint's EMA weights to --out (scored "
+        "on the held-out pairs).",
+    ),
     stop_after: int | None = typer.Option(
         None, "--stop-after", help="Stop (with a checkpoint) after this many steps of this run."
     ),
@@ -213,7 +220,11 @@ def _run_with_progress(
     with Progress(*columns, console=stderr, disable=quiet) as progress:
         task = progress.add_task("train", total=cfg.steps, terms="")
 
+        plain_log = not quiet and not stderr.is_terminal
+
         def callback(step: int, record: dict[str, float]) -> None:
+            if plain_log and (step % 50 == 0 or "val_psnr" in record):
+                stderr.print(json.dumps({k: round(v, 5) for k, v in record.items()}))
             terms = " ".join(
                 f"{k}={record[k]:.4g}" for k in ("total", "eps", "beta", "prior", "smooth")
             )

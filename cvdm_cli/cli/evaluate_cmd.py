@@ -1,0 +1,210 @@
+"""``cvdm evaluate``: cvdm vs bicubic and Richardson–Lucy on paired LR/HR TIFF folders."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich import box
+from rich.markup import escape
+from rich.table import Table
+
+from cvdm_cli.cli.common import run_guarded, stderr, stdout
+
+
+def evaluate(
+    lr: Path = typer.Option(..., "--lr", help="Folder of low-res (widefield) TIFFs."),
+    hr: Path = typer.Option(..., "--hr", help="Folder of high-res targets, same file names."),
+    model: str | None = typer.Option(
+        None,
+        "--model",
+        "-m",
+        help="Registry name, .safetensors path or hf://owner/repo/file (default: the default).",
+    ),
+    samples: int = typer.Option(8, "--samples", "-k", min=2, help="Fast-sampler samples."),
+    steps: int = typer.Option(20, "--steps", min=1, help="Fast-sampler steps per sample."),
+    reference: bool = typer.Option(
+        True,
+        "--reference/--no-reference",
+        help="Also run the paper's sampler (T - 1 network calls per sample).",
+    ),
+    reference_samples: int = typer.Option(
+        2, "--reference-samples", min=1, help="Samples of the reference sampler per image."
+    ),
+    reference_limit: int | None = typer.Option(
+        None, "--reference-limit", min=0, help="Run the reference sampler on N images only."
+    ),
+    limit: int | None = typer.Option(
+        None, "--limit", "-n", min=1, help="Score the first N test images only."
+    ),
+    out: Path | None = typer.Option(
+        None, "--out", "-o", help="Report folder: metrics.csv, report.json, report.md, PNGs."
+    ),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a report in --out."),
+    figures: bool = typer.Option(True, "--figures/--no-figures", help="PNG figures (matplotlib)."),
+    psf: Path | None = typer.Option(
+        None, "--psf", help="PSF TIFF for Richardson–Lucy, sampled at the output pixel size."
+    ),
+    psf_sigma_nm: float | None = typer.Option(
+        None, "--psf-sigma-nm", help="Use a Gaussian PSF of this sigma (nm) for Richardson–Lucy."
+    ),
+    rl_iterations: int | None = typer.Option(
+        None,
+        "--rl-iterations",
+        min=1,
+        help="Fix the Richardson–Lucy iterations (default: tuned on a validation split).",
+    ),
+    val_fraction: float = typer.Option(
+        0.25, "--val-fraction", help="Share of pairs held out to tune Richardson–Lucy."
+    ),
+    seed: int = typer.Option(0, "--seed", help="Validation split and sampler noise."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or table."),
+) -> None:
+    """Score cvdm against bicubic and Richardson–Lucy: PSNR, SSIM, NRMSE and uncertainty.
+
+    Pairs lr/<name>.tif with hr/<name>.tif (HR exactly 2x the LR). Metrics follow CSBDeep's
+    fair comparison (percentile-normalised target, least-squares scale and offset).
+    """
+
+    def body() -> None:
+        from cvdm_cli.devices import pick_device
+        from cvdm_cli.evaluate import evaluate as run_evaluation
+
+        dev = pick_device(device)
+        path = _resolve(model)
+        start = time.perf_counter()
+        with _ProgressBar(disabled=quiet) as bar:
+            report = run_evaluation(
+                path,
+                lr,
+                hr,
+                samples=samples,
+                steps=steps,
+                samplers=("fast", "reference") if reference else ("fast",),
+                reference_samples=reference_samples,
+                reference_limit=reference_limit,
+                limit=limit,
+                out_dir=out,
+                overwrite=overwrite,
+                figures=figures,
+                val_fraction=val_fraction,
+                rl_iterations=rl_iterations,
+                psf=psf,
+                psf_sigma_nm=psf_sigma_nm,
+                seed=seed,
+                device=str(dev),
+                progress=bar.update,
+            )
+        for notice in report.notices:
+            stderr.print(f"[yellow]note:[/] {escape(notice)}")
+        if as_json:
+            stdout.print_json(json.dumps(report.to_dict()))
+        elif not quiet:
+            for table in _tables(report):
+                stdout.print(table)
+        if not quiet:
+            took = time.perf_counter() - start
+            where = f"; wrote {escape(str(out))}" if out is not None else ""
+            stderr.print(f"evaluated {report.settings['n_scored']} image(s) in {took:.0f} s{where}")
+
+    run_guarded(body)
+
+
+def _resolve(spec: str | None) -> str:
+    """A local .safetensors path for ``--model`` (registry names and hf:// refs resolved)."""
+    from cvdm_cli.registry import resolve_model
+
+    return str(resolve_model(spec).path)
+
+
+class _ProgressBar:
+    """rich bars on stderr for the "tune-rl" and "evaluate" events of cvdm_cli.evaluate."""
+
+    def __init__(self, disabled: bool) -> None:
+        from rich.progress import (
+            BarColumn,
+            Progress,
+            TaskProgressColumn,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        self.progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            TaskProgressColumn(),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=stderr,
+            disable=disabled,
+        )
+        self.tasks: dict[str, Any] = {}
+
+    def __enter__(self) -> _ProgressBar:
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.__exit__(*exc)  # type: ignore[arg-type]
+
+    def update(self, event: Any) -> None:
+        label = "tuning RL" if event.task == "tune-rl" else "evaluating"
+        if event.task not in self.tasks:
+            self.tasks[event.task] = self.progress.add_task(label, total=event.total)
+        self.progress.update(
+            self.tasks[event.task],
+            completed=event.done,
+            total=event.total,
+            description=f"{label} [dim]{escape(event.detail)}[/]",
+        )
+
+
+def _f(v: float | None, d: int = 3) -> str:
+    return "–" if v is None or v != v else f"{v:.{d}f}"
+
+
+def _tables(report: Any) -> list[Table]:
+    """Image quality per method (mean over images) and uncertainty quality of cvdm."""
+    n = report.settings["n_scored"]
+    quality = Table(title=f"{n} image(s), mean; CSBDeep fair comparison", box=box.SIMPLE_HEAD)
+    quality.add_column("method", no_wrap=True)
+    for col in ("PSNR dB", "SSIM", "NRMSE", "beats bicubic", "beats RL"):
+        quality.add_column(col, justify="right", no_wrap=True)
+    for method, s in report.summary.items():
+        wins = report.wins.get(method, {})
+        beats = [
+            f"{wins[b]['psnr_win_fraction']:.0%} / {wins[b]['ssim_win_fraction']:.0%}"
+            if b in wins
+            else "–"
+            for b in ("bicubic", "rl")
+        ]
+        mean = s["mean"]
+        quality.add_row(method, _f(mean["psnr"], 2), _f(mean["ssim"]), _f(mean["nrmse"], 4), *beats)
+    quality.caption = "beats: share of images where cvdm has the higher PSNR / SSIM"
+
+    unc = Table(title="uncertainty (std of the samples vs the error)", box=box.SIMPLE_HEAD)
+    unc.add_column("method", no_wrap=True)
+    for col in ("Spearman", "cov. 50% (calib.)", "cov. 90% (calib.)", "AUSE"):
+        unc.add_column(col, justify="right", no_wrap=True)
+    for method, s in report.summary.items():
+        if "calibrated" not in s:
+            continue
+        mean, cal = s["mean"], s["calibrated"]
+        unc.add_row(
+            method,
+            _f(mean["spearman"]),
+            f"{_f(mean['coverage50'])} ({_f(cal['coverage50'])})",
+            f"{_f(mean['coverage90'])} ({_f(cal['coverage90'])})",
+            _f(mean["ause"], 4),
+        )
+    return [quality, unc] if unc.row_count else [quality]
+
+
+def register(app: typer.Typer) -> None:
+    app.command("evaluate")(evaluate)

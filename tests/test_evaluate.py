@@ -1,0 +1,360 @@
+"""Baselines (bicubic as torch does it, Richardson–Lucy, PSFs) and `cvdm evaluate` end to end.
+
+The end-to-end tests use an untrained tiny model (T = 10 so that the reference sampler
+costs 9 calls) on 16x16 -> 32x32 pairs written here; they check that every number in the
+report is the score of what the method produced, recomputed independently.
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+import torch.nn.functional as F
+
+from cvdm_cli import baselines, metrics
+from cvdm_cli.errors import DataError, OutputExistsError
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """One thread: on a shared 2-core machine two threads are ~20x slower per tiny conv."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+# --- baselines ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("shape", "scale"), [((7, 9), 2), ((16, 16), 3), ((2, 5, 6), 4), ((1, 1), 2)]
+)
+def test_bicubic_matches_torch_interpolate(shape: tuple[int, ...], scale: int) -> None:
+    x = np.random.default_rng(0).normal(size=shape)
+    t = torch.from_numpy(x).reshape(-1, 1, *shape[-2:])
+    ref = F.interpolate(t, scale_factor=float(scale), mode="bicubic", align_corners=False)
+    ref = ref.numpy().reshape(*shape[:-2], shape[-2] * scale, shape[-1] * scale)
+    np.testing.assert_allclose(baselines.bicubic_upsample(x, scale), ref, atol=1e-12)
+
+
+def test_bicubic_matches_the_model_condition() -> None:
+    from cvdm_cli import CVDM, ModelConfig
+
+    model = CVDM(ModelConfig.preset("tiny"))
+    x = np.random.default_rng(1).uniform(-1, 1, (12, 10)).astype(np.float32)
+    cond = model.condition(torch.from_numpy(x)[None, None])[0, 0].detach().numpy()
+    np.testing.assert_allclose(baselines.bicubic_upsample(x, 2), cond, atol=1e-5)
+
+
+def _second_moment(psf: np.ndarray) -> float:
+    """Variance along x of a centred PSF (pixels^2)."""
+    c = psf.shape[1] // 2
+    x = np.arange(psf.shape[1]) - c
+    return float((psf.sum(axis=0) * x**2).sum())
+
+
+def test_psfs_have_the_stated_width() -> None:
+    assert baselines.widefield_sigma_nm(1.4, 600.0) == pytest.approx(90.0)
+    g = baselines.gaussian_psf(2.5)
+    assert g.sum() == pytest.approx(1.0)
+    assert g.shape == (2 * 10 + 1,) * 2
+    assert _second_moment(g) == pytest.approx(2.5**2, rel=1e-3)
+    # one input pixel of a 2x grid is the footprint (1/4, 1/2, 1/4): variance + 1/2 px^2
+    assert _second_moment(baselines.pixel_integrate(g, 2)) == pytest.approx(2.5**2 + 0.5, rel=1e-3)
+    # a 3x grid: a box of 3 pixels, variance + 2/3
+    assert _second_moment(baselines.pixel_integrate(g, 3)) == pytest.approx(
+        2.5**2 + 2 / 3, rel=1e-3
+    )
+    psf, source = baselines.psf_from_params({"na": 1.4, "emission_nm": 600.0}, 30.0, scale=2)
+    assert _second_moment(psf) == pytest.approx(3.0**2 + 0.5, rel=1e-3)  # 90 nm / 30 nm
+    assert source.startswith("gaussian")
+    psf, source = baselines.psf_from_params(None, 30.0, scale=1, sigma_nm=60.0)
+    assert _second_moment(psf) == pytest.approx(4.0, rel=1e-3)
+    assert "user" in source
+    with pytest.raises(ValueError, match="no PSF"):
+        baselines.psf_from_params({"na": 1.4}, 30.0, scale=2)
+
+
+def _blurred_points(seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Small blobs (sigma 1 px) blurred by a Gaussian PSF of sigma 2 px, no noise."""
+    from scipy.ndimage import gaussian_filter
+    from scipy.signal import fftconvolve
+
+    rng = np.random.default_rng(seed)
+    truth = np.zeros((64, 64))
+    truth[rng.integers(8, 56, 30), rng.integers(8, 56, 30)] = rng.uniform(1, 2, 30)
+    truth = gaussian_filter(truth, 1.0)
+    psf = baselines.gaussian_psf(2.0)
+    return truth, fftconvolve(truth, psf, mode="same") + 0.01, psf
+
+
+def test_richardson_lucy_sharpens_and_is_affine_equivariant() -> None:
+    truth, blurred, psf = _blurred_points()
+    before = metrics.fair_scores(blurred, truth).psnr
+    after = metrics.fair_scores(baselines.richardson_lucy(blurred, psf, 30), truth).psnr
+    assert after > before + 5.0  # measured: 23.8 -> 30.1 dB
+    # shifted and scaled input (e.g. a camera offset and gain) -> same result, same units
+    a, b = (
+        baselines.richardson_lucy(blurred, psf, 10),
+        baselines.richardson_lucy(3.0 * blurred + 100.0, psf, 10),
+    )
+    np.testing.assert_allclose(b, 3.0 * a + 100.0, rtol=1e-9)
+
+
+def test_rl_tuning_picks_the_most_iterations_on_noise_free_data() -> None:
+    truth, blurred, psf = _blurred_points(1)
+    t = baselines.tune_rl_iterations([blurred], [truth], [psf], grid=(2, 8, 30), stems=["a"])
+    assert t.best == 30  # no noise: more iterations only help
+    assert list(t.mean_psnr) == [2, 8, 30]
+    assert t.mean_psnr[2] < t.mean_psnr[8] < t.mean_psnr[30]
+    assert t.to_dict()["stems"] == ["a"]
+
+
+# --- evaluate end to end ------------------------------------------------------------------
+
+
+def _write_pairs(root: Path, n: int = 5, *, params: bool = True) -> None:
+    """n pairs of blurred, binned, noisy blobs: lr/pair_i.tif (16x16 uint16), hr/ (32x32)."""
+    from scipy.ndimage import gaussian_filter
+
+    (root / "lr").mkdir(parents=True)
+    (root / "hr").mkdir()
+    entries = {}
+    for i in range(n):
+        rng = np.random.default_rng(100 + i)
+        truth = np.zeros((32, 32))
+        truth[rng.integers(2, 30, 12), rng.integers(2, 30, 12)] = 1.0
+        hr = gaussian_filter(truth, 0.8) * 1000.0
+        wf = gaussian_filter(truth, 2.0) * 1000.0
+        lr = wf.reshape(16, 2, 16, 2).sum(axis=(1, 3)) + 100.0
+        lr = rng.poisson(lr).astype(np.uint16)
+        tifffile.imwrite(root / "lr" / f"pair_{i}.tif", lr)
+        tifffile.imwrite(root / "hr" / f"pair_{i}.tif", hr.astype(np.float32))
+        entries[f"pair_{i}"] = {
+            "na": 1.4,
+            "emission_nm": 600.0,
+            "lr_pixel_nm": 90.0,
+            "simulator": "gaussian2d-toy",  # -> the Gaussian PSF (no microsim call)
+        }
+    if params:
+        (root / "params.json").write_text(json.dumps({"pairs": entries}))
+
+
+@pytest.fixture
+def model_path(tmp_path: Path) -> Path:
+    from cvdm_cli import CVDM, ModelConfig, save_weights
+
+    torch.manual_seed(0)
+    model = CVDM(ModelConfig.preset("tiny", timesteps=10))
+    return save_weights(model, tmp_path / "tiny.safetensors")
+
+
+def _rows(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_evaluate_end_to_end_numbers_and_files(tmp_path: Path, model_path: Path) -> None:
+    from cvdm_cli.evaluate import CSV_COLUMNS, evaluate
+    from cvdm_cli.normalize import denormalize, percentile_normalize
+    from cvdm_cli.sampler import reconstruct
+    from cvdm_cli.weights import load_weights
+
+    data = tmp_path / "data"
+    _write_pairs(data)
+    events = []
+    report = evaluate(
+        model_path,
+        data / "lr",
+        data / "hr",
+        samples=3,
+        steps=3,
+        reference_samples=2,
+        limit=3,
+        out_dir=tmp_path / "report",
+        rl_grid=(2, 5),
+        seed=7,
+        progress=events.append,
+    )
+    # split: 5 pairs, 25% -> 1 validation pair, never scored; --limit 3 of the other 4
+    val = report.settings["validation_stems"]
+    assert len(val) == 1 and report.settings["n_scored"] == 3
+    rows = _rows(tmp_path / "report" / "metrics.csv")
+    methods = ["bicubic", "rl", "cvdm_fast", "cvdm_fast_k2", "cvdm_reference"]
+    assert [r["method"] for r in rows] == methods * 3
+    assert list(rows[0]) == list(CSV_COLUMNS)
+    stems = sorted({r["stem"] for r in rows})
+    assert val[0] not in stems and len(stems) == 3
+    assert report.rl_tuning is not None and report.rl_tuning["stems"] == val
+    assert report.settings["rl_iterations"] in (2, 5)
+    assert report.settings["psf_source"].startswith("gaussian")
+
+    # every number is the fair score of what the method produced, recomputed here
+    model = load_weights(model_path)
+    for index, stem in enumerate(stems):
+        lr = tifffile.imread(data / "lr" / f"{stem}.tif").astype(np.float64)
+        hr = tifffile.imread(data / "hr" / f"{stem}.tif").astype(np.float64)
+        by = {r["method"]: r for r in rows if r["stem"] == stem}
+        bic = metrics.fair_scores(baselines.bicubic_upsample(lr, 2), hr)
+        assert float(by["bicubic"]["psnr"]) == pytest.approx(bic.psnr, rel=1e-9)
+        assert float(by["bicubic"]["ssim"]) == pytest.approx(bic.ssim, rel=1e-9)
+        assert by["bicubic"]["spearman"] == ""  # no uncertainty for a baseline
+        x, norm = percentile_normalize(lr, 1.0, 99.8)
+        gen = torch.Generator().manual_seed(7 + index)
+        rec = reconstruct(model, x, samples=3, steps=3, generator=gen, return_samples=True)
+        s = denormalize(rec.samples, norm).astype(np.float64)
+        fair = metrics.fair_scores(s.mean(axis=0), hr)
+        unc = metrics.uncertainty_scores(fair.alpha * s + fair.beta, fair.fitted, fair.target)
+        fast = by["cvdm_fast"]
+        assert float(fast["psnr"]) == pytest.approx(fair.psnr, rel=1e-6)
+        assert float(fast["nrmse"]) == pytest.approx(fair.nrmse, rel=1e-6)
+        assert float(fast["spearman"]) == pytest.approx(unc.spearman, abs=1e-6)
+        assert float(fast["ause"]) == pytest.approx(unc.ause, abs=1e-6)
+        assert float(fast["calibrated90"]) == pytest.approx(0.5)  # K=3: [s_(1), s_(3)] -> 2/4
+        k2 = metrics.fair_scores(s[:2].mean(axis=0), hr)
+        assert float(by["cvdm_fast_k2"]["psnr"]) == pytest.approx(k2.psnr, rel=1e-6)
+        assert by["cvdm_reference"]["steps"] == "9" and by["cvdm_reference"]["samples"] == "2"
+
+    # summary, wins and fast-vs-reference agree with the rows
+    doc = json.loads((tmp_path / "report" / "report.json").read_text())
+    for m in methods:
+        psnrs = [float(r["psnr"]) for r in rows if r["method"] == m]
+        assert doc["summary"][m]["n"] == 3
+        assert doc["summary"][m]["mean"]["psnr"] == pytest.approx(np.mean(psnrs))
+        assert doc["summary"][m]["median"]["psnr"] == pytest.approx(np.median(psnrs))
+    for base in ("bicubic", "rl"):
+        gains = [
+            float(a["psnr"]) - float(b["psnr"])
+            for a, b in zip(rows[2::5], rows[methods.index(base) :: 5], strict=True)
+        ]
+        w = doc["wins"]["cvdm_fast"][base]
+        assert w["psnr_win_fraction"] == pytest.approx(np.mean(np.array(gains) > 0))
+        assert w["mean_psnr_gain"] == pytest.approx(np.mean(gains))
+    fvr = doc["fast_vs_reference"]
+    ref = [float(r["psnr"]) for r in rows if r["method"] == "cvdm_reference"]
+    fast = [float(r["psnr"]) for r in rows if r["method"] == "cvdm_fast"]
+    assert fvr["psnr_difference"] == pytest.approx(np.mean(fast) - np.mean(ref))
+    assert set(doc["images"]) == set(stems)
+    assert doc["images"][stems[0]]["rl"]["psnr"] == pytest.approx(float(rows[1]["psnr"]))
+
+    md = (tmp_path / "report" / "report.md").read_text()
+    assert md == report.to_markdown()
+    assert all(f"| {m} | 3 |" in md for m in methods)
+
+    # progress: RL tuning (1 image x 2 counts), then images up to 3 of 3
+    tune = [e for e in events if e.task == "tune-rl"]
+    assert [e.done for e in tune] == [1, 2] and tune[-1].total == 2
+    ev = [e.done for e in events if e.task == "evaluate"]
+    assert ev == sorted(ev) and ev[-1] == 3
+
+    # figures: one PNG per image and the summary, or a notice without matplotlib
+    if importlib.util.find_spec("matplotlib"):
+        pngs = sorted(p.name for p in (tmp_path / "report" / "figures").glob("*.png"))
+        assert pngs == [f"{s}.png" for s in stems]
+        head = (tmp_path / "report" / "summary.png").read_bytes()[:8]
+        assert head == b"\x89PNG\r\n\x1a\n"
+    else:
+        assert any("matplotlib" in n for n in report.notices)
+
+    # an existing report is not overwritten unless asked
+    with pytest.raises(OutputExistsError):
+        evaluate(model_path, data / "lr", data / "hr", out_dir=tmp_path / "report")
+
+
+def test_evaluate_without_psf_skips_rl_and_scores_every_pair(
+    tmp_path: Path, model_path: Path
+) -> None:
+    from cvdm_cli.evaluate import evaluate
+
+    _write_pairs(tmp_path, n=2, params=False)
+    report = evaluate(
+        model_path, tmp_path / "lr", tmp_path / "hr", samples=2, steps=2, samplers=("fast",)
+    )
+    assert report.settings["n_validation"] == 0 and report.settings["n_scored"] == 2
+    assert {r["method"] for r in report.rows} == {"bicubic", "cvdm_fast"}
+    assert any("Richardson–Lucy skipped" in n for n in report.notices)
+    assert report.fast_vs_reference is None and report.files == {}
+    # a Gaussian sigma needs a pixel size: from the TIFF metadata when there is no params.json
+    for lr in (tmp_path / "lr").glob("*.tif"):
+        um = 0.09
+        tifffile.imwrite(
+            lr, tifffile.imread(lr), resolution=(1 / um, 1 / um), imagej=True,
+            metadata={"unit": "um"},
+        )  # fmt: skip
+    report = evaluate(
+        model_path, tmp_path / "lr", tmp_path / "hr", samples=2, steps=2, samplers=("fast",),
+        psf_sigma_nm=90.0, rl_iterations=3, limit=1,
+    )  # fmt: skip
+    assert [r["method"] for r in report.rows] == ["bicubic", "rl", "cvdm_fast"]
+    assert "sigma=90.0nm" in report.settings["psf_source"]
+
+
+def test_evaluate_rejects_unpaired_and_wrongly_sized_pairs(
+    tmp_path: Path, model_path: Path
+) -> None:
+    from cvdm_cli.evaluate import evaluate, find_pairs
+
+    _write_pairs(tmp_path, n=2)
+    tifffile.imwrite(tmp_path / "lr" / "extra.tif", np.zeros((16, 16), np.uint16))
+    with pytest.raises(DataError, match="without a HR partner: extra"):
+        find_pairs(tmp_path / "lr", tmp_path / "hr")
+    (tmp_path / "lr" / "extra.tif").unlink()
+    tifffile.imwrite(tmp_path / "hr" / "pair_1.tif", np.zeros((30, 32), np.float32))
+    with pytest.raises(DataError, match=r"HR is 30x32 but must be exactly 2x the LR \(16x16\)"):
+        evaluate(model_path, tmp_path / "lr", tmp_path / "hr", samples=2, steps=1,
+                 samplers=("fast",), rl_iterations=2)  # fmt: skip
+
+
+def test_markdown_of_a_report_without_baseline_wins() -> None:
+    from cvdm_cli.evaluate import EvaluationReport
+
+    row = {"stem": "a", "method": "bicubic", "psnr": 20.0, "ssim": 0.5, "nrmse": 0.1}
+    row.update({k: math.nan for k in ("spearman", "coverage50", "coverage90", "ause")})
+    row.update(mean_std=math.nan, seconds=0.0, calibrated50=math.nan, calibrated90=math.nan)
+    from cvdm_cli.evaluate import _summaries
+
+    rep = EvaluationReport({"samples": 8}, [row], _summaries([row]), {}, None, None)
+    md = rep.to_markdown()
+    assert "| bicubic | 1 | 20.00 (20.00) | 0.500 (0.500) | 0.1000 | – |" in md
+    assert json.loads(json.dumps(rep.to_dict()))["images"]["a"]["bicubic"]["spearman"] is None
+
+
+# --- the command ---------------------------------------------------------------------------
+
+
+def test_cli_evaluate_json_and_errors(tmp_path: Path, model_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from cvdm_cli.cli.app import app
+    from cvdm_cli.cli.common import EXIT_USAGE, exit_code_for
+
+    _write_pairs(tmp_path / "d", n=3)
+    runner = CliRunner()
+    args = ["evaluate", "--model", str(model_path), "--lr", str(tmp_path / "d" / "lr"),
+            "--hr", str(tmp_path / "d" / "hr"), "--samples", "2", "--steps", "2",
+            "--no-reference", "--rl-iterations", "3", "--device", "cpu", "--seed", "1"]  # fmt: skip
+    result = runner.invoke(app, [*args, "--json", "--quiet", "--out", str(tmp_path / "r")])
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert doc["settings"]["n_scored"] == 3 and doc["settings"]["rl_iterations"] == 3
+    assert set(doc["summary"]) == {"bicubic", "rl", "cvdm_fast"}
+    assert (tmp_path / "r" / "metrics.csv").is_file()
+    # the same run again refuses to overwrite (one red line, the table's exit code)
+    again = runner.invoke(app, [*args, "--out", str(tmp_path / "r")])
+    assert again.exit_code == exit_code_for(OutputExistsError("x")) != 0
+    assert "already holds an evaluation report" in again.stderr
+    # a table on stdout without --json
+    table = runner.invoke(app, [*args, "--limit", "1"])
+    assert table.exit_code == 0, table.output
+    assert "cvdm_fast" in table.stdout and "PSNR" in table.stdout
+    missing = runner.invoke(app, [*args[:3], "--lr", str(tmp_path / "nope"), *args[5:]])
+    assert missing.exit_code == EXIT_USAGE and "folder not found" in missing.stderr
