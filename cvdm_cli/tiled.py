@@ -201,26 +201,14 @@ def reconstruct_plane(
     eta_value = (DEFAULT_FAST_ETA if sampler == "fast" else 1.0) if eta is None else eta
     n_steps = make_schedule(model, tiles.lam[:1], sampler, steps).n_steps
     progress = _Progress(callback, samples * len(plan.tiles) * n_steps)
+    spec = _Spec(sampler, steps, seed, plane_index, bs, precision, eta_value, clip)
 
     stats = _Welford()
     kept: list[Tensor] = []
     for k0 in range(0, samples, SAMPLE_CHUNK):
         ks = list(range(k0, min(k0 + SAMPLE_CHUNK, samples)))
         run = _sample_sync if tiling == "sync" else _sample_independent
-        planes = run(
-            model,
-            tiles,
-            ks,
-            sampler=sampler,
-            steps=steps,
-            seed=seed,
-            plane_index=plane_index,
-            batch=bs,
-            precision=precision,
-            eta=eta_value,
-            clip=clip,
-            progress=progress,
-        )  # (len(ks), Hp, Wp)
+        planes = run(model, tiles, ks, spec, progress)  # (len(ks), Hp, Wp)
         for plane in planes:
             y = tiles.crop(plane)
             stats.add(y)
@@ -235,6 +223,20 @@ def reconstruct_plane(
     )
 
 
+@dataclass(frozen=True)
+class _Spec:
+    """Sampling settings shared by both tiling modes."""
+
+    sampler: str
+    steps: int
+    seed: int
+    plane_index: int
+    batch: int
+    precision: str
+    eta: float
+    clip: float | None
+
+
 class _Progress:
     def __init__(self, callback: ProgressCallback | None, total: int) -> None:
         self.callback, self.total, self.done = callback, total, 0
@@ -246,21 +248,11 @@ class _Progress:
 
 
 def _sample_sync(
-    model: CVDM,
-    tiles: _PlaneTiles,
-    ks: list[int],
-    *,
-    sampler: str,
-    steps: int,
-    seed: int,
-    plane_index: int,
-    batch: int,
-    precision: str,
-    eta: float,
-    clip: float | None,
-    progress: _Progress,
+    model: CVDM, tiles: _PlaneTiles, ks: list[int], spec: _Spec, progress: _Progress
 ) -> Tensor:
     """MultiDiffusion: one latent per sample on the padded plane; returns (K, Hp, Wp)."""
+    sampler, steps, seed, plane_index = spec.sampler, spec.steps, spec.seed, spec.plane_index
+    batch, precision, eta, clip = spec.batch, spec.precision, spec.eta, spec.clip
     device = model.device
     plan = tiles.plan
     lam_plane = tiles.blend(tiles.lam)[None]  # (1,1,Hp,Wp)
@@ -301,21 +293,11 @@ def _sample_sync(
 
 
 def _sample_independent(
-    model: CVDM,
-    tiles: _PlaneTiles,
-    ks: list[int],
-    *,
-    sampler: str,
-    steps: int,
-    seed: int,
-    plane_index: int,
-    batch: int,
-    precision: str,
-    eta: float,
-    clip: float | None,
-    progress: _Progress,
+    model: CVDM, tiles: _PlaneTiles, ks: list[int], spec: _Spec, progress: _Progress
 ) -> Tensor:
     """Each (tile, sample) on its own trajectory, blended per sample: (K, Hp, Wp)."""
+    sampler, steps, seed, plane_index = spec.sampler, spec.steps, spec.seed, spec.plane_index
+    batch, precision, eta, clip = spec.batch, spec.precision, spec.eta, spec.clip
     device = model.device
     plan = tiles.plan
     items = [(k, t) for k in range(len(ks)) for t in range(len(plan.tiles))]

@@ -112,7 +112,7 @@ def test_data_errors(tmp_path):
         make_pair("x", lr, hr[:-2], config=cfg, patch=8)
     with pytest.raises(DataError, match="smaller than the training patch"):
         make_pair("x", lr, hr, config=cfg, patch=64)
-    with pytest.raises(DataError, match="no .tif"):
+    with pytest.raises(DataError, match=r"no \.tif"):
         empty = tmp_path / "empty"
         (empty / "lr").mkdir(parents=True)
         (empty / "hr").mkdir()

@@ -276,3 +276,37 @@ CacheDirOpt = Annotated[
         file_okay=False,
     ),
 ]
+
+# --- scale-out options (shared by `cvdm enhance` and `cvdm uncertainty`; docs/cluster.md) ---
+# Any of them routes the batch to cvdm_cli.cluster (Dask, the optional `cluster` extra);
+# without them nothing of Dask is imported.
+
+WorkersOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--workers",
+        min=1,
+        help="Run on a local Dask cluster of N worker processes (one thread each). "
+        'Needs the cluster extra: pip install "cvdm-cli[cluster]".',
+        show_default=False,
+    ),
+]
+GpusOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--gpus",
+        help="One Dask worker per GPU, each pinned to its device: all, or indices such as "
+        "0,1. Needs the cluster extra.",
+        show_default=False,
+    ),
+]
+SchedulerOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--scheduler",
+        help="Run on an existing Dask scheduler: tcp://host:8786 or a scheduler file "
+        "(e.g. from dask-jobqueue on SLURM). Workers must see the inputs, outputs and "
+        "model on shared storage. Needs the cluster extra.",
+        show_default=False,
+    ),
+]

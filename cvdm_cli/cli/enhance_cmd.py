@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -39,6 +40,7 @@ from cvdm_cli.cli.common import (
     DeviceOpt,
     DryRunOpt,
     GlobOpt,
+    GpusOpt,
     InputsArg,
     JsonOpt,
     ModelOpt,
@@ -53,12 +55,14 @@ from cvdm_cli.cli.common import (
     SamplerChoice,
     SamplerOpt,
     SamplesOpt,
+    SchedulerOpt,
     SeedOpt,
     StdOpt,
     StepsOpt,
     TileOpt,
     TilingChoice,
     TilingOpt,
+    WorkersOpt,
     debug_enabled,
     run_guarded,
     stderr,
@@ -113,6 +117,9 @@ def enhance(
     quiet: QuietOpt = False,
     json_out: JsonOpt = False,
     cache_dir: CacheDirOpt = None,
+    workers: WorkersOpt = None,
+    gpus: GpusOpt = None,
+    scheduler: SchedulerOpt = None,
 ) -> None:
     """Super-resolve TIFFs 2x: <stem>_cvdm.tif (mean of the samples) and <stem>_cvdm_var.tif
     (their per-pixel variance), axes kept, pixel size halved."""
@@ -159,6 +166,9 @@ def uncertainty(
     quiet: QuietOpt = False,
     json_out: JsonOpt = False,
     cache_dir: CacheDirOpt = None,
+    workers: WorkersOpt = None,
+    gpus: GpusOpt = None,
+    scheduler: SchedulerOpt = None,
 ) -> None:
     """Where can a reconstruction not be trusted? Writes only <stem>_cvdm_var.tif (or
     _cvdm_std.tif) and <stem>_cvdm_difficulty.tif, and prints per file the mean and
@@ -215,12 +225,61 @@ def _run(
     quiet: bool,
     json_out: bool,
     cache_dir: Path | None,
+    workers: int | None = None,
+    gpus: str | None = None,
+    scheduler: str | None = None,
 ) -> None:
     from cvdm_cli import pipeline
     from cvdm_cli.devices import pick_device, pick_precision
 
     if not inputs:
         raise errors.ConfigError("no inputs given", hint="name TIFF files or folders")
+
+    def make_settings(tile_used: int | None, precision_used: str) -> pipeline.EnhanceSettings:
+        return pipeline.EnhanceSettings(
+            samples=samples,
+            steps=steps,
+            sampler=sampler.value,
+            tile=tile_used,
+            overlap=overlap,
+            tiling=tiling.value,
+            batch_size=batch_size,
+            precision=precision_used,
+            seed=seed,
+            axes=axes,
+            replace_nan=replace_nan,
+            write_mean=mode == "enhance",
+            spread="std" if std else "var",
+            difficulty=difficulty,
+            save_samples=save_samples,
+            overwrite=overwrite,
+            threshold=threshold,
+        )
+
+    if workers is not None or gpus is not None or scheduler is not None:
+        if not dry_run:
+            _run_cluster(
+                mode,
+                make_settings,
+                inputs=inputs,
+                output=output,
+                glob=glob,
+                recursive=recursive,
+                model=model,
+                cache_dir=cache_dir,
+                device=device,
+                precision=precision,
+                tile=tile,
+                samples=samples,
+                quiet=quiet,
+                json_out=json_out,
+                workers=workers,
+                gpus=gpus,
+                scheduler=scheduler,
+            )
+            return
+        if not (quiet or json_out):
+            stderr.print("note: --dry-run plans on this machine; no Dask cluster is used")
     torch_device = pick_device(device)
     precision_used = pick_precision(precision.value, torch_device)
     jobs = pipeline.discover_inputs(
@@ -236,25 +295,7 @@ def _run(
         tile_used: int | None = pipeline.default_tile(net, torch_device, items=min(samples, 8))
     else:
         tile_used = tile or None  # --tile 0: whole planes
-    settings = pipeline.EnhanceSettings(
-        samples=samples,
-        steps=steps,
-        sampler=sampler.value,
-        tile=tile_used,
-        overlap=overlap,
-        tiling=tiling.value,
-        batch_size=batch_size,
-        precision=precision_used,
-        seed=seed,
-        axes=axes,
-        replace_nan=replace_nan,
-        write_mean=mode == "enhance",
-        spread="std" if std else "var",
-        difficulty=difficulty,
-        save_samples=save_samples,
-        overwrite=overwrite,
-        threshold=threshold,
-    )
+    settings = make_settings(tile_used, precision_used)
     settings.validate()
     pipeline.check_tiling(settings, net)
     if output is not None and not dry_run:
@@ -266,7 +307,94 @@ def _run(
     _finish(batch, mode=mode, quiet=quiet, json_out=json_out)
 
 
-def _make_reporter(mode: str, *, quiet: bool, json_out: bool, dry_run: bool) -> Reporter:
+def _run_cluster(
+    mode: str,
+    make_settings: Callable[[int | None, str], Any],
+    *,
+    inputs: list[Path],
+    output: Path | None,
+    glob: list[str] | None,
+    recursive: bool,
+    model: str | None,
+    cache_dir: Path | None,
+    device: str,
+    precision: PrecisionChoice,
+    tile: int | None,
+    samples: int,
+    quiet: bool,
+    json_out: bool,
+    workers: int | None,
+    gpus: str | None,
+    scheduler: str | None,
+) -> None:
+    """The batch on Dask workers (cvdm_cli.cluster): --workers, --gpus or --scheduler.
+
+    The device, precision and --tile default are resolved on a worker (the client may be a
+    login node without a GPU); the client reads only file headers and writes the outputs.
+    """
+    # importing cluster raises errors.MissingExtraError without the `cluster` extra (exit 2)
+    from cvdm_cli import cluster, pipeline
+
+    options = cluster.cluster_options(
+        workers=workers, gpus=gpus, scheduler=scheduler, device=device
+    )
+    assert options is not None
+    jobs = pipeline.discover_inputs(
+        inputs,
+        globs=tuple(glob) if glob else pipeline.DEFAULT_GLOBS,
+        recursive=recursive,
+        output_dir=output,
+    )
+    resolved = _resolve_model(model, cache_dir, quiet or json_out)
+    # a CPU copy for the geometry (scale, size divisor): bad --tile values fail before any
+    # worker starts
+    net = pipeline.get_model(pipeline.ModelRef(path=str(resolved.path), device="cpu"))
+    if tile:
+        pipeline.check_tiling(make_settings(tile, "fp32"), net)
+    if output is not None:
+        pipeline.prepare_output_dir(output)
+
+    def say(message: str) -> None:  # stderr, so also with --json
+        if not quiet:
+            stderr.print(f"[dim]{escape(message)}[/]")
+
+    with cluster.terminate_as_interrupt(), cluster.connect(options) as conn:
+        link = conn.dashboard_link or "-"
+        if link != "-" and not conn.dashboard_has_graphs:
+            link += " (its graphs need: pip install bokeh)"
+        if conn.cluster is not None:
+            say(f"started a local Dask cluster ({options.describe()}); dashboard: {link}")
+        else:
+            say(f"connected to {options.scheduler}; dashboard: {link}")
+        ref, setup = cluster.prepare_workers(
+            conn.client,
+            str(resolved.path),
+            name=resolved.name,
+            device=device,
+            precision=precision.value,
+            tile=tile,
+            samples=samples,
+            notice=say,
+        )
+        settings = make_settings(setup.tile or None, setup.precision)  # --tile 0: whole planes
+        settings.validate()
+        pipeline.check_tiling(settings, net)
+        reporter = _make_reporter(
+            mode, quiet=quiet, json_out=json_out, dry_run=False, distributed=True
+        )
+        with reporter:
+            batch = cluster.run_batch_distributed(
+                jobs, settings, ref, conn.client, reporter=reporter, cluster=conn.describe()
+            )
+    _finish(batch, mode=mode, quiet=quiet, json_out=json_out)
+
+
+def _make_reporter(
+    mode: str, *, quiet: bool, json_out: bool, dry_run: bool, distributed: bool = False
+) -> Reporter:
+    """distributed: planes of several files complete in any order, so the planes bar
+    counts all planes of the batch (growing as files are opened) and there is no
+    per-plane sampling bar."""
     from cvdm_cli.pipeline import Reporter
 
     class RichReporter(Reporter):
@@ -299,11 +427,15 @@ def _make_reporter(mode: str, *, quiet: bool, json_out: bool, dry_run: bool) -> 
 
         def batch_started(self, jobs: Any) -> None:
             self.files = self.progress.add_task("files", total=len(jobs))
-            self.planes = self.progress.add_task("planes", total=None)
-            self.steps = self.progress.add_task("sampling", total=None)
+            self.planes = self.progress.add_task("planes", total=0 if distributed else None)
+            if not distributed:
+                self.steps = self.progress.add_task("sampling", total=None)
 
         def file_started(self, job: FileJob, n_planes: int) -> None:
-            if self.planes is not None:
+            if self.planes is not None and distributed:
+                total = self.progress.tasks[self.planes].total or 0
+                self.progress.update(self.planes, total=total + n_planes)
+            elif self.planes is not None:
                 name = escape(job.input.name)
                 self.progress.reset(self.planes, total=n_planes, description=f"planes {name}")
 
@@ -437,6 +569,15 @@ def _print_summary(batch: BatchResult) -> None:
         )
     table.add_row("device", f"{batch.device} ({batch.precision})")
     table.add_row("model", escape(batch.model))
+    if getattr(batch, "cluster", ""):  # cvdm_cli.cluster.ClusterBatchResult
+        table.add_row("cluster", escape(batch.cluster))
+        for w in getattr(batch, "workers", []):
+            rate = w.megapixels_per_second
+            table.add_row(
+                "",
+                f"{escape(w.name)} ({escape(w.host)}): {w.planes} plane(s), {w.tasks} task(s), "
+                + ("-" if rate is None else f"{rate:.3g} Mpx/s"),
+            )
     stderr.print(table)
 
 
