@@ -42,16 +42,26 @@ def denoiser_flops(model: CVDM, size: int) -> float:
     return float(counter.get_total_flops())
 
 
-def passes_per_second(model: CVDM, size: int, batch: int, *, bf16: bool = False,
-                      compile_model: bool = False, min_time: float = 2.0) -> float:
+def passes_per_second(
+    model: CVDM,
+    size: int,
+    batch: int,
+    *,
+    bf16: bool = False,
+    compile_model: bool = False,
+    min_time: float = 2.0,
+) -> float:
     device = model.device
     x = torch.randn(batch, 1, size, size, device=device)
     g = torch.rand_like(x)
     fn = model.eps
     if compile_model:
         fn = torch.compile(model.eps)
-    ctx = (torch.autocast(device.type, dtype=torch.bfloat16) if bf16
-           else torch.autocast(device.type, enabled=False))
+    ctx = (
+        torch.autocast(device.type, dtype=torch.bfloat16)
+        if bf16
+        else torch.autocast(device.type, enabled=False)
+    )
     with torch.inference_mode(), ctx:
         fn(x, x, g)  # warm-up
         if device.type == "cuda":
@@ -76,30 +86,42 @@ def gpu_peak() -> tuple[str, float | None]:
     return name, None
 
 
-def bench_presets(presets: list[str], size: int, cpu_batch: int, gpu_batch: int,
-                  compile_model: bool) -> list[dict]:
+def bench_presets(
+    presets: list[str], size: int, cpu_batch: int, gpu_batch: int, compile_model: bool
+) -> list[dict]:
     rows = []
     for name in presets:
         torch.manual_seed(0)
         model = CVDM(ModelConfig.preset(name)).eval()
         flops = denoiser_flops(model, size)
-        row = {"preset": name, "params_M": model.n_parameters() / 1e6,
-               "gflop_per_pass": flops / 1e9}
+        row = {
+            "preset": name,
+            "params_M": model.n_parameters() / 1e6,
+            "gflop_per_pass": flops / 1e9,
+        }
         row["cpu_passes_per_s"] = passes_per_second(model, size, cpu_batch)
         if torch.cuda.is_available():
             gpu = model.to("cuda").to(memory_format=torch.channels_last)
             dev_name, peak = gpu_peak()
-            for label, kwargs in (("fp32", {}), ("bf16", {"bf16": True}),
-                                  *([("bf16_compile", {"bf16": True, "compile_model": True})]
-                                    if compile_model else [])):
+            for label, kwargs in (
+                ("fp32", {}),
+                ("bf16", {"bf16": True}),
+                *(
+                    [("bf16_compile", {"bf16": True, "compile_model": True})]
+                    if compile_model
+                    else []
+                ),
+            ):
                 rate = passes_per_second(gpu, size, gpu_batch, **kwargs)
                 row[f"gpu_{label}_passes_per_s"] = rate
                 if peak and label.startswith("bf16"):
                     row[f"gpu_{label}_peak_fraction"] = rate * flops / peak
             row["gpu"] = dev_name
         rows.append(row)
-        print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}),
-              flush=True)
+        print(
+            json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}),
+            flush=True,
+        )
     return rows
 
 
@@ -115,16 +137,31 @@ def bench_samplers(model: CVDM, size: int, samples: int, batch: int | None) -> l
 
         handle = model.denoiser.register_forward_hook(hook)
         start = time.perf_counter()
-        reconstruct(model, lowres, samples=samples, steps=steps, sampler=sampler,
-                    generator=torch.Generator().manual_seed(0), batch_size=batch)
+        reconstruct(
+            model,
+            lowres,
+            samples=samples,
+            steps=steps,
+            sampler=sampler,
+            generator=torch.Generator().manual_seed(0),
+            batch_size=batch,
+        )
         seconds = time.perf_counter() - start
         handle.remove()
-        row = {"sampler": sampler, "steps": steps, "samples": samples, "size": size,
-               "nfe_per_sample": count_steps(sampler, steps, model.config.timesteps),
-               "denoiser_calls": calls, "seconds": seconds}
+        row = {
+            "sampler": sampler,
+            "steps": steps,
+            "samples": samples,
+            "size": size,
+            "nfe_per_sample": count_steps(sampler, steps, model.config.timesteps),
+            "denoiser_calls": calls,
+            "seconds": seconds,
+        }
         rows.append(row)
-        print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}),
-              flush=True)
+        print(
+            json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}),
+            flush=True,
+        )
     return rows
 
 
@@ -139,17 +176,24 @@ def quick_trained_model(minutes: float, data: Path | None) -> tuple[CVDM, Path]:
         data = tmp / "sim"
         simulate_dataset(data, 48, seed=4242, size=128)
     cfg_model = ModelConfig.preset("tiny")
-    pairs = PairedData.from_folders(data / "lr", data / "hr", config=cfg_model, patch=32,
-                                    val_fraction=0.2)
-    cfg = TrainConfig(steps=100_000, batch_size=8, patch=32, warmup=50, val_every=0,
-                      checkpoint_every=10_000)
+    pairs = PairedData.from_folders(
+        data / "lr", data / "hr", config=cfg_model, patch=32, val_fraction=0.2
+    )
+    cfg = TrainConfig(
+        steps=100_000, batch_size=8, patch=32, warmup=50, val_every=0, checkpoint_every=10_000
+    )
     out = tmp / "tiny.safetensors"
     deadline = time.time() + 60 * minutes
     state = None
     while time.time() < deadline:
-        state = train(pairs, model_config=cfg_model, cfg=cfg, out=out,
-                      resume=None if state is None else out.with_name("tiny.ckpt.safetensors"),
-                      stop_after=100)
+        state = train(
+            pairs,
+            model_config=cfg_model,
+            cfg=cfg,
+            out=out,
+            resume=None if state is None else out.with_name("tiny.ckpt.safetensors"),
+            stop_after=100,
+        )
     return load_weights(out), data
 
 
@@ -160,27 +204,41 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 def bench_quality(model: CVDM, data: Path, images: int, samples: int) -> dict:
     from cvdm_cli.trainer import PairedData
 
-    pairs = PairedData.from_folders(data / "lr", data / "hr", config=model.config, patch=16,
-                                    val_fraction=0.5)
+    pairs = PairedData.from_folders(
+        data / "lr", data / "hr", config=model.config, patch=16, val_fraction=0.5
+    )
     test = pairs.val[:images]
     results: dict[str, list[float]] = {"bicubic": []}
     for i, pair in enumerate(test):
         target = pair.y.numpy()[0]
         results["bicubic"].append(psnr(pair.x.numpy()[0], target))
-        runs = (("fast", 10, None), ("fast", 20, None), ("fast", 50, None), ("fast", 20, 1.0),
-                ("reference", 0, None))
+        runs = (
+            ("fast", 10, None),
+            ("fast", 20, None),
+            ("fast", 50, None),
+            ("fast", 20, 0.0),
+            ("reference", 0, None),
+        )
         for sampler, steps, eta in runs:
-            rec = reconstruct(model, pair.lowres[0].numpy(), samples=samples,
-                              steps=max(steps, 1), sampler=sampler, eta=eta,
-                              generator=torch.Generator().manual_seed(i))
+            rec = reconstruct(
+                model,
+                pair.lowres[0].numpy(),
+                samples=samples,
+                steps=max(steps, 1),
+                sampler=sampler,
+                eta=eta,
+                generator=torch.Generator().manual_seed(i),
+            )
             key = f"{sampler}{steps or ''}" + ("" if eta is None else f"_eta{eta:g}")
             results.setdefault(key, []).append(psnr(rec.mean, target))
     summary = {k: float(np.mean(v)) for k, v in results.items()}
     summary["images"] = len(test)
-    for k in ("fast10", "fast20", "fast50", "fast20_eta1"):
+    for k in ("fast10", "fast20", "fast50", "fast20_eta0"):
         summary[f"gap_{k}_vs_reference_db"] = summary["reference"] - summary[k]
-    print(json.dumps({k: round(v, 3) if isinstance(v, float) else v
-                      for k, v in summary.items()}), flush=True)
+    print(
+        json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in summary.items()}),
+        flush=True,
+    )
     return summary
 
 
@@ -203,11 +261,13 @@ def main() -> None:
     args = ap.parse_args()
 
     torch.set_num_threads(torch.get_num_threads())
-    print(f"# torch {torch.__version__}, {torch.get_num_threads()} CPU threads, "
-          f"cuda={torch.cuda.is_available()}", flush=True)
+    print(
+        f"# torch {torch.__version__}, {torch.get_num_threads()} CPU threads, "
+        f"cuda={torch.cuda.is_available()}",
+        flush=True,
+    )
     print("## presets", flush=True)
-    bench_presets(args.presets.split(","), args.size, args.cpu_batch, args.gpu_batch,
-                  args.compile)
+    bench_presets(args.presets.split(","), args.size, args.cpu_batch, args.gpu_batch, args.compile)
     if not args.skip_samplers:
         print("## samplers (one 256x256 output image)", flush=True)
         torch.manual_seed(0)

@@ -227,10 +227,13 @@ def test_seams_with_a_trained_tiny_model():
     plane = rng.normal(size=(SIDE, SIDE)).astype(np.float32)
     plane = F.avg_pool2d(torch.from_numpy(plane)[None, None], 3, 1, 1)[0, 0].numpy() * 0.5
     zone, inside = _zones(model, SIDE, TILE, OVERLAP)
-    kw = {"samples": 16, "tile": TILE, "overlap": OVERLAP}
+    # eta = 0 (DDIM): the thresholds below were measured with it; with this 200-step model
+    # ancestral samples (eta = 1) come out nearly flat, which would make the seam ratio
+    # meaningless. The seam geometry does not depend on eta.
+    kw = {"samples": 16, "tile": TILE, "overlap": OVERLAP, "eta": 0.0}
     sync = _run(model, plane, tiling="sync", **kw)
     indep = _run(model, plane, tiling="independent", **kw)
-    whole = _run(model, plane, samples=16, tile=None)
+    whole = _run(model, plane, samples=16, tile=None, eta=0.0)
     diff = np.abs(np.diff(sync.samples, axis=-1)).mean()
     assert 0.01 < diff < 1.0  # not saturated at the clip: real, smooth-ish samples
     r_sync = _seam_ratio(sync.samples, zone, inside)

@@ -50,39 +50,58 @@ def test_tiny_model_overfits_one_pair_and_beats_bicubic(tmp_path):
     lr, hr = _pattern_pair(7)
     pair = make_pair("one", lr, hr, config=cfg_model, patch=16)
     data = PairedData([pair, pair], val_fraction=0.0, patch=16, scale=2)
-    cfg = TrainConfig(steps=400, batch_size=8, patch=16, lr=2e-3, warmup=20, val_every=0,
-                      checkpoint_every=10_000, ema_decay=0.99)
+    cfg = TrainConfig(
+        steps=400,
+        batch_size=8,
+        patch=16,
+        lr=2e-3,
+        warmup=20,
+        val_every=0,
+        checkpoint_every=10_000,
+        ema_decay=0.99,
+    )
     losses: list[float] = []
-    state = train(data, model_config=cfg_model, cfg=cfg, out=tmp_path / "m.safetensors",
-                  callback=lambda step, rec: losses.append(rec["total"]))
+    state = train(
+        data,
+        model_config=cfg_model,
+        cfg=cfg,
+        out=tmp_path / "m.safetensors",
+        callback=lambda step, rec: losses.append(rec["total"]),
+    )
     first, last = np.mean(losses[:25]), np.mean(losses[-25:])
     assert last < 0.5 * first, (first, last)
     model = load_weights(tmp_path / "m.safetensors")
     assert model.info["training"]["steps"] == state.step == 400
-    rec = reconstruct(model, pair.lowres[0].numpy(), samples=4, steps=20,
-                      generator=torch.Generator().manual_seed(0))
+    rec = reconstruct(
+        model,
+        pair.lowres[0].numpy(),
+        samples=4,
+        steps=20,
+        generator=torch.Generator().manual_seed(0),
+    )
     target = pair.y.numpy()[0]
     assert psnr(rec.mean, target) > psnr(pair.x.numpy()[0], target) + 1.0
 
 
 def _small_data(tmp_path, n=4):
     lr_dir, hr_dir = _write_pairs(tmp_path / "pairs", n)
-    return PairedData.from_folders(lr_dir, hr_dir, config=ModelConfig.preset("tiny"), patch=8,
-                                   val_fraction=0.25)
+    return PairedData.from_folders(
+        lr_dir, hr_dir, config=ModelConfig.preset("tiny"), patch=8, val_fraction=0.25
+    )
 
 
 def test_resume_reproduces_uninterrupted_run(tmp_path):
     data = _small_data(tmp_path)
-    cfg = TrainConfig(steps=12, batch_size=2, patch=8, warmup=3, val_every=0,
-                      checkpoint_every=100)
+    cfg = TrainConfig(steps=12, batch_size=2, patch=8, warmup=3, val_every=0, checkpoint_every=100)
     tiny = ModelConfig.preset("tiny")
     full = train(data, model_config=tiny, cfg=cfg, out=tmp_path / "a.safetensors")
     part = tmp_path / "b.safetensors"
     train(data, model_config=tiny, cfg=cfg, out=part, stop_after=5)
     resumed = train(data, model_config=tiny, cfg=cfg, out=part, resume=checkpoint_path(part))
     assert resumed.step == full.step == 12
-    for (name, a), b in zip(full.model.state_dict().items(),
-                            resumed.model.state_dict().values(), strict=True):
+    for (name, a), b in zip(
+        full.model.state_dict().items(), resumed.model.state_dict().values(), strict=True
+    ):
         assert torch.equal(a, b), name
     for a, b in zip(full.ema.parameters(), resumed.ema.parameters(), strict=True):
         assert torch.equal(a, b)
@@ -90,11 +109,26 @@ def test_resume_reproduces_uninterrupted_run(tmp_path):
 
 def test_training_lowers_loss_on_folder_pairs(tmp_path):
     data = _small_data(tmp_path, n=6)
-    cfg = TrainConfig(steps=60, batch_size=4, patch=8, lr=2e-3, warmup=5, val_every=30,
-                      checkpoint_every=30, val_images=1, val_samples=1, val_steps=2)
+    cfg = TrainConfig(
+        steps=60,
+        batch_size=4,
+        patch=8,
+        lr=2e-3,
+        warmup=5,
+        val_every=30,
+        checkpoint_every=30,
+        val_images=1,
+        val_samples=1,
+        val_steps=2,
+    )
     losses = []
-    state = train(data, model_config=ModelConfig.preset("tiny"), cfg=cfg,
-                  out=tmp_path / "m.safetensors", callback=lambda s, r: losses.append(r["eps"]))
+    state = train(
+        data,
+        model_config=ModelConfig.preset("tiny"),
+        cfg=cfg,
+        out=tmp_path / "m.safetensors",
+        callback=lambda s, r: losses.append(r["eps"]),
+    )
     assert np.mean(losses[-10:]) < np.mean(losses[:10])
     assert any("val_psnr" in rec for rec in state.history)
     assert checkpoint_path(tmp_path / "m.safetensors").exists()
