@@ -778,14 +778,7 @@ class _Run:
                 ny, nx = inp.plane_shape
                 plan = plan_for(self.net, inp.plane_shape, settings.tile, settings.overlap)
                 result.tiles = len(plan.tiles)
-                try:
-                    job.out_dir.mkdir(parents=True, exist_ok=True)
-                except OSError as exc:
-                    raise errors.OutputNotWritableError(
-                        f"cannot create the output folder ({exc.strerror})",
-                        path=job.out_dir,
-                        hint="choose a writable -o/--output folder",
-                    ) from None
+                pipeline.prepare_output_dir(job.out_dir)
                 writers = pipeline._open_outputs(stack, inp, outputs, settings, self.scale)
                 n = inp.n_planes
         except Exception as exc:

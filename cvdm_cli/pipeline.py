@@ -924,14 +924,7 @@ def _write_planes(
     pending: Future[tuple[np.ndarray, float]] | None = None
     try:
         with contextlib.ExitStack() as stack:
-            try:
-                job.out_dir.mkdir(parents=True, exist_ok=True)
-            except OSError as exc:
-                raise errors.OutputNotWritableError(
-                    f"cannot create the output folder ({exc.strerror})",
-                    path=job.out_dir,
-                    hint="choose a writable -o/--output folder",
-                ) from None
+            prepare_output_dir(job.out_dir)
             writers = _open_outputs(stack, inp, outputs, settings, scale)
             for i in range(n):
                 if pending is not None:
