@@ -87,7 +87,12 @@ def gpu_peak() -> tuple[str, float | None]:
 
 
 def bench_presets(
-    presets: list[str], size: int, cpu_batch: int, gpu_batch: int, compile_model: bool
+    presets: list[str],
+    size: int,
+    cpu_batch: int,
+    gpu_batch: int,
+    compile_model: bool,
+    skip_cpu: bool = False,
 ) -> list[dict]:
     rows = []
     for name in presets:
@@ -99,7 +104,8 @@ def bench_presets(
             "params_M": model.n_parameters() / 1e6,
             "gflop_per_pass": flops / 1e9,
         }
-        row["cpu_passes_per_s"] = passes_per_second(model, size, cpu_batch)
+        if not skip_cpu:
+            row["cpu_passes_per_s"] = passes_per_second(model, size, cpu_batch)
         if torch.cuda.is_available():
             gpu = model.to("cuda").to(memory_format=torch.channels_last)
             dev_name, peak = gpu_peak()
@@ -125,7 +131,9 @@ def bench_presets(
     return rows
 
 
-def bench_samplers(model: CVDM, size: int, samples: int, batch: int | None) -> list[dict]:
+def bench_samplers(
+    model: CVDM, size: int, samples: int, batch: int | None, precision: str = "fp32"
+) -> list[dict]:
     lowres = np.random.default_rng(0).standard_normal((size // 2, size // 2)).astype(np.float32)
     rows = []
     for sampler, steps in (("fast", 20), ("reference", 20)):
@@ -145,6 +153,7 @@ def bench_samplers(model: CVDM, size: int, samples: int, batch: int | None) -> l
             sampler=sampler,
             generator=torch.Generator().manual_seed(0),
             batch_size=batch,
+            precision=precision,
         )
         seconds = time.perf_counter() - start
         handle.remove()
@@ -153,6 +162,7 @@ def bench_samplers(model: CVDM, size: int, samples: int, batch: int | None) -> l
             "steps": steps,
             "samples": samples,
             "size": size,
+            "precision": precision,
             "nfe_per_sample": count_steps(sampler, steps, model.config.timesteps),
             "denoiser_calls": calls,
             "seconds": seconds,
@@ -249,8 +259,11 @@ def main() -> None:
     ap.add_argument("--cpu-batch", type=int, default=1)
     ap.add_argument("--gpu-batch", type=int, default=16)
     ap.add_argument("--compile", action="store_true", help="also time torch.compile on GPU")
+    ap.add_argument("--skip-cpu", action="store_true", help="GPU rates only")
     ap.add_argument("--sampler-preset", default="small")
     ap.add_argument("--samples", type=int, default=8)
+    ap.add_argument("--sampler-size", type=int, help="output side of the sampler runs (--size)")
+    ap.add_argument("--sampler-precision", default="fp32", help="fp32 or bf16 (GPU)")
     ap.add_argument("--skip-samplers", action="store_true")
     ap.add_argument("--skip-quality", action="store_true")
     ap.add_argument("--model", type=Path, help="trained model for the quality comparison")
@@ -267,14 +280,22 @@ def main() -> None:
         flush=True,
     )
     print("## presets", flush=True)
-    bench_presets(args.presets.split(","), args.size, args.cpu_batch, args.gpu_batch, args.compile)
+    bench_presets(
+        args.presets.split(","),
+        args.size,
+        args.cpu_batch,
+        args.gpu_batch,
+        args.compile,
+        args.skip_cpu,
+    )
     if not args.skip_samplers:
-        print("## samplers (one 256x256 output image)", flush=True)
+        side = args.sampler_size or args.size
+        print(f"## samplers (one {side}x{side} output image)", flush=True)
         torch.manual_seed(0)
         model = CVDM(ModelConfig.preset(args.sampler_preset)).eval()
         if torch.cuda.is_available():
             model = model.to("cuda")
-        bench_samplers(model, args.size, args.samples, None)
+        bench_samplers(model, side, args.samples, None, args.sampler_precision)
     if not args.skip_quality:
         print("## fast vs reference sampler quality (PSNR dB, normalised units)", flush=True)
         if args.model:

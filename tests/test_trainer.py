@@ -151,3 +151,84 @@ def test_data_errors(tmp_path):
         (empty / "lr").mkdir(parents=True)
         (empty / "hr").mkdir()
         pair_files(empty / "lr", empty / "hr")
+
+
+def test_cli_export_only_writes_the_checkpoints_ema_scored_on_its_held_out_pairs(tmp_path):
+    """`cvdm train --export-only --resume CKPT` exports the checkpoint's EMA weights (a run
+    stopped early), scored on the run's own held-out split; without --resume: exit 2."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from cvdm_cli.cli.app import app
+
+    lr_dir, hr_dir = _write_pairs(tmp_path / "pairs", 5)
+    run = tmp_path / "run.safetensors"
+    common = ["--lr", str(lr_dir), "--hr", str(hr_dir), "--preset", "tiny", "--patch", "8"]
+    runner = CliRunner()
+    trained = runner.invoke(
+        app,
+        [
+            "train",
+            *common,
+            "--out",
+            str(run),
+            "--steps",
+            "20",
+            "--stop-after",
+            "7",
+            "--quiet",
+            "--batch-size",
+            "2",
+            "--warmup",
+            "2",
+            "--val-fraction",
+            "0.4",
+            "--seed",
+            "3",
+        ],
+    )
+    assert trained.exit_code == 0, trained.output
+    assert not run.exists() or load_weights(run).info["training"]["steps"] == 7
+    out = tmp_path / "exported.safetensors"
+    exported = runner.invoke(
+        app,
+        [
+            "train",
+            "--lr",
+            str(lr_dir),
+            "--hr",
+            str(hr_dir),
+            "--export-only",
+            "--resume",
+            str(checkpoint_path(run)),
+            "--out",
+            str(out),
+            "--json",
+        ],
+    )
+    assert exported.exit_code == 0, exported.output
+    summary = json.loads(exported.stdout)
+    model = load_weights(out)
+    assert summary["steps"] == model.info["training"]["steps"] == 7
+    assert model.info["training"]["val_pairs"] == 2  # the run's split: 0.4 of 5 pairs
+    assert np.isfinite(model.info["validation"]["val_psnr"])
+    from cvdm_cli.trainer import load_checkpoint
+
+    ckpt_ema = load_checkpoint(checkpoint_path(run), TrainConfig(), torch.device("cpu")).ema
+    for a, b in zip(ckpt_ema.parameters(), model.parameters(), strict=True):
+        assert torch.equal(a, b)
+    missing = runner.invoke(app, ["train", "--export-only", "--out", str(out)])
+    assert missing.exit_code == 2 and "--resume" in missing.output
+    absent = runner.invoke(
+        app,
+        [
+            "train",
+            "--export-only",
+            "--resume",
+            str(tmp_path / "nope.ckpt.safetensors"),
+            "--out",
+            str(out),
+        ],
+    )
+    assert absent.exit_code != 0 and "checkpoint not found" in absent.output

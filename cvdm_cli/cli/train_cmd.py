@@ -93,6 +93,9 @@ def train(
         from cvdm_cli.trainer import PairedData, TrainConfig
         from cvdm_cli.trainer import train as run_training
 
+        if export_only:
+            _export_only(resume, out, lr_dir, hr_dir, quiet=quiet, json_out=json_out)
+            return
         if simulate == (lr_dir is not None or hr_dir is not None):
             raise ConfigError(
                 "give either --lr and --hr, or --simulate",
@@ -168,6 +171,57 @@ def train(
             stderr.print(f"wrote {out} after step {state.step}")
 
     run_guarded(body)
+
+
+def _export_only(
+    resume: Path | None,
+    out: Path,
+    lr_dir: Path | None,
+    hr_dir: Path | None,
+    *,
+    quiet: bool,
+    json_out: bool,
+) -> None:
+    """Write a checkpoint's EMA weights to ``out``; with --lr/--hr, score them first on the
+    pairs the run held out (the checkpoint's own split: its seed and validation share)."""
+    from cvdm_cli.trainer import PairedData, checkpoint_configs, export_checkpoint
+
+    if resume is None:
+        raise ConfigError(
+            "--export-only needs the checkpoint to export",
+            path="--export-only",
+            hint="add --resume RUN.ckpt.safetensors",
+        )
+    if not out.name.endswith(".safetensors"):
+        raise ConfigError(
+            "--out must end in .safetensors", path=out, hint="e.g. --out my-model.safetensors"
+        )
+    if (lr_dir is None) != (hr_dir is None):
+        raise ConfigError("--lr and --hr go together", path="cvdm train", hint="pass both folders")
+    data = None
+    if lr_dir is not None and hr_dir is not None:
+        model_config, cfg = checkpoint_configs(resume)
+        data = PairedData.from_folders(
+            lr_dir,
+            hr_dir,
+            config=model_config,
+            patch=cfg.patch,
+            val_fraction=cfg.val_fraction,
+            seed=cfg.seed,
+        )
+    export_checkpoint(resume, out, data=data)
+    from cvdm_cli.weights import load_weights
+
+    info = load_weights(out).info
+    summary = {
+        "out": str(out),
+        "steps": info["training"]["steps"],
+        "validation": info.get("validation", {}),
+    }
+    if json_out:
+        stdout.print(json.dumps(summary), soft_wrap=True)
+    elif not quiet:
+        stderr.print(f"wrote {out} (EMA weights of step {summary['steps']})")
 
 
 def _simulate(

@@ -1,0 +1,107 @@
+#!/usr/bin/env bash
+# One GPU session, prepared to fit a short lease: GPU benchmarks, the GPU tests and the two
+# training runs of issue 8 (physically based and toy simulator, same steps, concurrently).
+#
+#   bash benchmarks/gpu/session.sh PACK OUTDIR TRAIN_SECONDS
+#
+# PACK: training pairs packed by benchmarks/gpu/pack_pairs.py with entries lr, hr, toy_lr
+# (and optionally eval_lr, eval_hr). Writes to OUTDIR: session.log (everything printed),
+# train_phys.log, train_toy.log, phys.safetensors, toy.safetensors (EMA weights).
+# Runs under the machine's own $PY with this checkout on PYTHONPATH (no install).
+# A CPU smoke run of the script itself: DEVICE=cpu PRESET=tiny BATCH=4 BENCH_BATCHES=2
+# BENCH_PRESETS=tiny SAMPLER_SIZE=64 MIN_STEPS=20 bash benchmarks/gpu/session.sh ... 30
+set -u
+PACK=$1
+OUT=$2
+BUDGET=${3:-300}
+DEVICE=${DEVICE:-cuda}
+PRESET=${PRESET:-small}
+BATCH=${BATCH:-32}
+BENCH_BATCHES=${BENCH_BATCHES:-8,32,64}
+BENCH_PRESETS=${BENCH_PRESETS:-tiny,small,base,paper}
+SAMPLER_SIZE=${SAMPLER_SIZE:-1024}
+MIN_STEPS=${MIN_STEPS:-1000}
+CKPT_EVERY=${CKPT_EVERY:-250}
+HARD_END=${HARD_END:-500}
+SLACK=${SLACK:-60}
+PY=${PY:-python3}
+export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
+T0=$(date +%s)
+LOG=$OUT/session.log
+log() { echo "[$(($(date +%s) - T0))s] $*" | tee -a "$LOG"; }
+run() { "$@" 2>&1 | tee -a "$LOG"; }
+
+log "== machine"
+run nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm --format=csv
+run $PY -c "import torch, numpy; print('torch', torch.__version__, 'numpy', numpy.__version__, torch.cuda.get_device_name() if torch.cuda.is_available() else 'no CUDA')"
+
+log "== unpack (background)"
+$PY benchmarks/gpu/pack_pairs.py unpack "$PACK" /tmp/data >/tmp/unpack.log 2>&1 &
+UNPACK=$!
+
+log "== training-step benchmark (small preset, bf16, 128x128 HR patches)"
+timeout 90 $PY benchmarks/train_step.py --preset "$PRESET" --batch "$BENCH_BATCHES" --steps 20 \
+    --device "$DEVICE" \
+    | tee /tmp/train_step.jsonl | tee -a "$LOG"
+
+log "== sampler benchmark (GPU only; bf16 + channels_last; fraction of peak)"
+timeout 120 $PY benchmarks/sampler.py --presets "$BENCH_PRESETS" --skip-cpu \
+    --skip-quality --gpu-batch 16 --sampler-preset "$PRESET" --sampler-size "$SAMPLER_SIZE" \
+    --sampler-precision bf16 2>&1 | tee -a "$LOG"
+
+wait $UNPACK
+run cat /tmp/unpack.log
+
+# steps for the time budget: the single-process rate at batch 32, two runs sharing the GPU
+S_STEP=$($PY -c "
+import json
+rows = [json.loads(l) for l in open('/tmp/train_step.jsonl') if l.startswith('{')]
+print(next((r['s_per_step'] for r in rows if r['batch'] == $BATCH), 0.1))")
+# never past T0 + HARD_END seconds (the exports and copies need the rest of the lease)
+LEFT=$((T0 + HARD_END - $(date +%s) - SLACK))
+[ $LEFT -lt $BUDGET ] && BUDGET=$LEFT
+STEPS=$($PY -c "print(max($MIN_STEPS, min(40000, int($BUDGET / ($S_STEP * 1.6)) // 10 * 10)))")
+log "== training: $STEPS steps each (s/step alone at batch $BATCH: $S_STEP), budget ${BUDGET}s"
+mkdir -p /tmp/train
+COMMON=(--preset "$PRESET" --steps "$STEPS" --batch-size "$BATCH" --learning-rate 3e-4
+    --warmup 200 --val-fraction 0.05 --val-every 1000 --checkpoint-every "$CKPT_EVERY"
+    --device "$DEVICE" --seed 0)
+TRAIN_START=$(date +%s)
+$PY -m cvdm_cli train --lr /tmp/data/lr --hr /tmp/data/hr \
+    --out /tmp/train/phys.safetensors "${COMMON[@]}" >"$OUT/train_phys.log" 2>&1 &
+PHYS=$!
+$PY -m cvdm_cli train --lr /tmp/data/toy_lr --hr /tmp/data/hr \
+    --out /tmp/train/toy.safetensors "${COMMON[@]}" >"$OUT/train_toy.log" 2>&1 &
+TOY=$!
+
+log "== GPU tests (while training)"
+timeout 240 $PY -m pytest -m gpu tests/test_gpu.py -q -p no:cacheprovider 2>&1 \
+    | tail -n 25 | tee -a "$LOG"
+
+# wait for both runs; past the deadline stop them and export the last checkpoint
+DEADLINE=$((TRAIN_START + BUDGET + SLACK))
+while kill -0 $PHYS 2>/dev/null || kill -0 $TOY 2>/dev/null; do
+    if [ "$(date +%s)" -gt $DEADLINE ]; then
+        log "deadline: stopping the runs, exporting their last checkpoints"
+        kill $PHYS $TOY 2>/dev/null
+        sleep 3
+        for name in phys toy; do
+            lr=/tmp/data/lr
+            [ $name = toy ] && lr=/tmp/data/toy_lr
+            timeout 60 $PY -m cvdm_cli train --lr $lr --hr /tmp/data/hr \
+                --out /tmp/train/$name.safetensors --resume /tmp/train/$name.ckpt.safetensors \
+                --export-only >>"$LOG" 2>&1 &
+        done
+        wait
+        break
+    fi
+    sleep 5
+done
+wait
+log "== training done after $(($(date +%s) - TRAIN_START))s"
+for name in phys toy; do
+    tail -n 4 "$OUT/train_$name.log" | tee -a "$LOG"
+    cp /tmp/train/$name.safetensors "$OUT/" 2>>"$LOG"
+done
+ls -la "$OUT" | tee -a "$LOG"
+log "== end"
