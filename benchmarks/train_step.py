@@ -36,8 +36,9 @@ def bench(preset: str, batch: int, patch: int, steps: int, device: str, precisio
     autocast = resolve_precision(precision, dev)
     side = patch * model_config.scale
     gen = torch.Generator().manual_seed(0)
-    x = torch.randn(batch, 1, side, side, generator=gen).to(dev)
+    x = torch.randn(batch, 1, side, side, generator=gen)
     y = (x + 0.1 * torch.randn(x.shape, generator=gen)).to(dev)
+    x = x.to(dev)
     flops = 3.0 * batch * denoiser_flops(state.model, side)
     for _ in range(4):  # warm-up
         train_step(state, x, y, cfg, autocast)

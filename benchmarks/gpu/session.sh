@@ -25,6 +25,8 @@ CKPT_EVERY=${CKPT_EVERY:-250}
 HARD_END=${HARD_END:-500}
 SLACK=${SLACK:-60}
 PY=${PY:-python3}
+SAMPLER_BENCH=${SAMPLER_BENCH:-1}  # 0: skip the sampler benchmark
+TRAIN_TOY=${TRAIN_TOY:-1}          # 0: train the physically based model only
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
 T0=$(date +%s)
 LOG=$OUT/session.log
@@ -41,10 +43,9 @@ UNPACK=$!
 
 log "== training-step benchmark (small preset, bf16, 128x128 HR patches)"
 timeout 90 $PY benchmarks/train_step.py --preset "$PRESET" --batch "$BENCH_BATCHES" --steps 20 \
-    --device "$DEVICE" \
-    | tee /tmp/train_step.jsonl | tee -a "$LOG"
+    --device "$DEVICE" 2>&1 | tee /tmp/train_step.jsonl | tee -a "$LOG"
 
-log "== sampler benchmark (GPU only; bf16 + channels_last; fraction of peak)"
+[ "$SAMPLER_BENCH" = 1 ] && log "== sampler benchmark (GPU only; bf16 + channels_last)" &&
 timeout 120 $PY benchmarks/sampler.py --presets "$BENCH_PRESETS" --skip-cpu \
     --skip-quality --gpu-batch 16 --sampler-preset "$PRESET" --sampler-size "$SAMPLER_SIZE" \
     --sampler-precision bf16 2>&1 | tee -a "$LOG"
@@ -60,7 +61,7 @@ print(next((r['s_per_step'] for r in rows if r['batch'] == $BATCH), 0.1))")
 # never past T0 + HARD_END seconds (the exports and copies need the rest of the lease)
 LEFT=$((T0 + HARD_END - $(date +%s) - SLACK))
 [ $LEFT -lt $BUDGET ] && BUDGET=$LEFT
-STEPS=$($PY -c "print(max($MIN_STEPS, min(40000, int($BUDGET / ($S_STEP * 1.6)) // 10 * 10)))")
+STEPS=$($PY -c "print(max($MIN_STEPS, min(40000, int($BUDGET / ($S_STEP * (1.6 if $TRAIN_TOY else 1.25))) // 10 * 10)))")
 log "== training: $STEPS steps each (s/step alone at batch $BATCH: $S_STEP), budget ${BUDGET}s"
 mkdir -p /tmp/train
 COMMON=(--preset "$PRESET" --steps "$STEPS" --batch-size "$BATCH" --learning-rate 3e-4
@@ -70,9 +71,12 @@ TRAIN_START=$(date +%s)
 $PY -m cvdm_cli train --lr /tmp/data/lr --hr /tmp/data/hr \
     --out /tmp/train/phys.safetensors "${COMMON[@]}" >"$OUT/train_phys.log" 2>&1 &
 PHYS=$!
-$PY -m cvdm_cli train --lr /tmp/data/toy_lr --hr /tmp/data/hr \
-    --out /tmp/train/toy.safetensors "${COMMON[@]}" >"$OUT/train_toy.log" 2>&1 &
-TOY=$!
+TOY=""
+if [ "$TRAIN_TOY" = 1 ]; then
+    $PY -m cvdm_cli train --lr /tmp/data/toy_lr --hr /tmp/data/hr \
+        --out /tmp/train/toy.safetensors "${COMMON[@]}" >"$OUT/train_toy.log" 2>&1 &
+    TOY=$!
+fi
 
 log "== GPU tests (while training)"
 timeout 240 $PY -m pytest -m gpu tests/test_gpu.py -q -p no:cacheprovider 2>&1 \
@@ -80,12 +84,13 @@ timeout 240 $PY -m pytest -m gpu tests/test_gpu.py -q -p no:cacheprovider 2>&1 \
 
 # wait for both runs; past the deadline stop them and export the last checkpoint
 DEADLINE=$((TRAIN_START + BUDGET + SLACK))
-while kill -0 $PHYS 2>/dev/null || kill -0 $TOY 2>/dev/null; do
+alive() { for pid in "$@"; do kill -0 "$pid" 2>/dev/null && return 0; done; return 1; }
+while alive $PHYS $TOY; do
     if [ "$(date +%s)" -gt $DEADLINE ]; then
         log "deadline: stopping the runs, exporting their last checkpoints"
-        kill $PHYS $TOY 2>/dev/null
+        kill $PHYS $TOY 2>/dev/null  # $TOY is empty when only one run
         sleep 3
-        for name in phys toy; do
+        for name in phys $([ "$TRAIN_TOY" = 1 ] && echo toy); do
             lr=/tmp/data/lr
             [ $name = toy ] && lr=/tmp/data/toy_lr
             timeout 60 $PY -m cvdm_cli train --lr $lr --hr /tmp/data/hr \
@@ -99,7 +104,7 @@ while kill -0 $PHYS 2>/dev/null || kill -0 $TOY 2>/dev/null; do
 done
 wait
 log "== training done after $(($(date +%s) - TRAIN_START))s"
-for name in phys toy; do
+for name in phys $([ "$TRAIN_TOY" = 1 ] && echo toy); do
     tail -n 4 "$OUT/train_$name.log" | tee -a "$LOG"
     cp /tmp/train/$name.safetensors "$OUT/" 2>>"$LOG"
 done
