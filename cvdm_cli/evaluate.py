@@ -199,20 +199,9 @@ def load_params(*folders: str | os.PathLike[str]) -> dict[str, dict[str, Any]]:
 
 def _read_plane(path: Path) -> np.ndarray:
     """The single YX plane of a TIFF as float64 (H, W)."""
-    from cvdm_cli.errors import InvalidPixelsError
-    from cvdm_cli.tiff import open_tiff
+    from cvdm_cli.tiff import read_single_plane
 
-    with open_tiff(path) as tif:
-        if tif.n_planes != 1:
-            raise DataError(
-                f"has {tif.n_planes} planes (axes {tif.axes}); evaluation pairs are 2D images",
-                path=path,
-                hint="save one YX plane per file (e.g. as written by cvdm simulate)",
-            )
-        plane = np.asarray(tif.read_plane(0), dtype=np.float64)
-    if not np.isfinite(plane).all():
-        raise InvalidPixelsError("NaN or Inf pixels", path=path, hint="fix the image")
-    return plane
+    return read_single_plane(path, dtype=np.float64, purpose="evaluation pairs")
 
 
 def _pixel_nm(path: Path) -> float | None:

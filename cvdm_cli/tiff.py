@@ -713,6 +713,27 @@ def open_tiff(path: str | os.PathLike[str], *, axes: str | None = None) -> TiffI
     return TiffInput(path, axes=axes)
 
 
+def read_single_plane(
+    path: str | os.PathLike[str], *, dtype: Any = np.float64, purpose: str = "image pairs"
+) -> np.ndarray:
+    """The one YX plane of a 2D TIFF as ``dtype`` (H, W), for training and evaluation pairs.
+
+    Raises errors.DataError (several planes) or errors.InvalidPixelsError (NaN or Inf),
+    naming the file, besides the errors of :func:`open_tiff`.
+    """
+    with open_tiff(path) as tif:
+        if tif.n_planes != 1:
+            raise errors.DataError(
+                f"has {tif.n_planes} planes (axes {tif.axes}); {purpose} are 2D images",
+                path=path,
+                hint="save one YX plane per file (e.g. as written by cvdm simulate)",
+            )
+        plane = np.asarray(tif.read_plane(0), dtype=dtype)
+    if not np.isfinite(plane).all():
+        raise errors.InvalidPixelsError("NaN or Inf pixels", path=path, hint="fix the image")
+    return plane
+
+
 # ------------------------------------------------------------------------------------
 # Output geometry
 # ------------------------------------------------------------------------------------

@@ -80,17 +80,10 @@ def learning_rate(step: int, cfg: TrainConfig) -> float:
 
 
 def read_image(path: Path) -> np.ndarray:
-    """First YX plane of a TIFF as float32."""
-    from cvdm_cli.tiff import open_tiff
+    """The single YX plane of a training TIFF as float32 (H, W)."""
+    from cvdm_cli.tiff import read_single_plane
 
-    with open_tiff(path) as tif:
-        if tif.n_planes != 1:
-            raise DataError(
-                f"expected a single 2D plane, found {tif.n_planes} planes",
-                path=path,
-                hint="training pairs must be 2D images",
-            )
-        return tif.read_plane(0).astype(np.float32)
+    return read_single_plane(path, dtype=np.float32, purpose="training pairs")
 
 
 def pair_files(lr_dir: Path, hr_dir: Path) -> list[tuple[Path, Path]]:

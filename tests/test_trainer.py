@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from cvdm_cli import ModelConfig, load_weights, reconstruct
-from cvdm_cli.errors import DataError
+from cvdm_cli.errors import DataError, InvalidPixelsError
 from cvdm_cli.trainer import (
     PairedData,
     TrainConfig,
@@ -17,6 +17,7 @@ from cvdm_cli.trainer import (
     make_pair,
     pair_files,
     psnr,
+    read_image,
     train,
 )
 
@@ -151,6 +152,15 @@ def test_data_errors(tmp_path):
         (empty / "lr").mkdir(parents=True)
         (empty / "hr").mkdir()
         pair_files(empty / "lr", empty / "hr")
+    stack = tmp_path / "stack.tif"
+    tifffile.imwrite(stack, np.ones((3, 16, 16), np.float32), imagej=True, metadata={"axes": "ZYX"})
+    with pytest.raises(DataError, match=r"has 3 planes.*training pairs are 2D") as err:
+        read_image(stack)
+    assert "stack.tif" in str(err.value)
+    bad = tmp_path / "nan.tif"
+    tifffile.imwrite(bad, np.full((16, 16), np.nan, np.float32))
+    with pytest.raises(InvalidPixelsError, match="NaN"):
+        read_image(bad)
 
 
 def test_cli_export_only_writes_the_checkpoints_ema_scored_on_its_held_out_pairs(tmp_path):
