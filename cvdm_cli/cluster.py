@@ -76,6 +76,7 @@ from cvdm_cli.pipeline import (
     ModelRef,
     PlaneOutput,
     Reporter,
+    clear_model_cache,
     get_model,
     process_plane,
 )
@@ -511,8 +512,7 @@ class ModelPlugin(WorkerPlugin):
 
     def teardown(self, worker: Any) -> None:
         """Free the model when the run is over (a shared cluster goes on with other work)."""
-        with pipeline._MODEL_LOCK:
-            pipeline._MODEL_CACHE.clear()
+        clear_model_cache()
         import torch
 
         if torch.cuda.is_available() and torch.cuda.is_initialized():

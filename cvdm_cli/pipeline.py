@@ -67,6 +67,7 @@ __all__ = [
     "PlaneOutput",
     "Reporter",
     "check_tiling",
+    "clear_model_cache",
     "default_tile",
     "denoiser_seconds",
     "discover_inputs",
@@ -210,6 +211,12 @@ def get_model(ref: ModelRef) -> CVDM:
             _MODEL_CACHE.clear()  # one model per process: free the previous one
             _MODEL_CACHE[key] = model
     return model
+
+
+def clear_model_cache() -> None:
+    """Drop the model :func:`get_model` holds (a worker that goes on with other work)."""
+    with _MODEL_LOCK:
+        _MODEL_CACHE.clear()
 
 
 # --- the tile default -------------------------------------------------------------------------
