@@ -311,6 +311,21 @@ def test_quiet_prints_nothing_on_success(tmp_path, tiny_weights):
     assert loud.out == ""
 
 
+def test_threads_caps_torch_threads_and_rejects_zero(tmp_path, tiny_weights, monkeypatch):
+    monkeypatch.delenv("CVDM_TORCH_THREADS", raising=False)
+    src = write(tmp_path / "a.tif", (12, 10), "YX")
+    torch.set_num_threads(2)
+    try:
+        r = cvdm("enhance", src, "-m", tiny_weights, *FAST, "--threads", "1", "--quiet")
+        assert r.code == 0 and (tmp_path / "a_cvdm.tif").exists()
+        assert torch.get_num_threads() == 1
+        assert os.environ["CVDM_TORCH_THREADS"] == "1"  # Dask workers it starts inherit it
+    finally:
+        torch.set_num_threads(1)
+    bad = cvdm("enhance", src, "-m", tiny_weights, *FAST, "--threads", "0", "--overwrite")
+    assert bad.code == 2 and "--threads" in bad.err
+
+
 # --- errors and exit codes --------------------------------------------------------------
 
 

@@ -106,6 +106,18 @@ def set_debug(debug: bool) -> None:
         os.environ["CVDM_DEBUG"] = "1"
 
 
+def apply_threads(threads: int | None) -> None:
+    """--threads: cap torch's CPU threads in this process and in Dask workers it starts
+    (they read CVDM_TORCH_THREADS). For nodes shared with other jobs: oversubscribed
+    cores slow small convolutions down far more than proportionally."""
+    if threads is None:
+        return
+    import torch
+
+    torch.set_num_threads(threads)
+    os.environ["CVDM_TORCH_THREADS"] = str(threads)
+
+
 def is_tty() -> bool:
     return sys.stderr.isatty()
 
@@ -208,6 +220,15 @@ BatchSizeOpt = Annotated[
         "--batch-size",
         min=1,
         help="Tile-samples per denoiser call. Default: from the device.",
+        show_default=False,
+    ),
+]
+ThreadsOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--threads",
+        min=1,
+        help="CPU threads for torch (default: torch's choice, usually all cores).",
         show_default=False,
     ),
 ]

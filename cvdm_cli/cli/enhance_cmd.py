@@ -59,10 +59,12 @@ from cvdm_cli.cli.common import (
     SeedOpt,
     StdOpt,
     StepsOpt,
+    ThreadsOpt,
     TileOpt,
     TilingChoice,
     TilingOpt,
     WorkersOpt,
+    apply_threads,
     debug_enabled,
     run_guarded,
     stderr,
@@ -94,6 +96,7 @@ def enhance(
     batch_size: BatchSizeOpt = None,
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = PrecisionChoice.auto,
+    threads: ThreadsOpt = None,
     seed: SeedOpt = 0,
     axes: AxesOpt = None,
     std: StdOpt = False,
@@ -142,6 +145,7 @@ def uncertainty(
     batch_size: BatchSizeOpt = None,
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = PrecisionChoice.auto,
+    threads: ThreadsOpt = None,
     seed: SeedOpt = 0,
     axes: AxesOpt = None,
     std: StdOpt = False,
@@ -213,6 +217,7 @@ def _run(
     batch_size: int | None,
     device: str,
     precision: PrecisionChoice,
+    threads: int | None,
     seed: int,
     axes: str | None,
     std: bool,
@@ -234,6 +239,7 @@ def _run(
 
     if not inputs:
         raise errors.ConfigError("no inputs given", hint="name TIFF files or folders")
+    apply_threads(threads)
 
     def make_settings(tile_used: int | None, precision_used: str) -> pipeline.EnhanceSettings:
         return pipeline.EnhanceSettings(

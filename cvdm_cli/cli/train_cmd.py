@@ -10,7 +10,7 @@ from pathlib import Path
 
 import typer
 
-from cvdm_cli.cli.common import run_guarded, stderr, stdout
+from cvdm_cli.cli.common import apply_threads, run_guarded, stderr, stdout
 from cvdm_cli.errors import ConfigError
 
 
@@ -77,6 +77,9 @@ def train(
         None, "--stop-after", help="Stop (with a checkpoint) after this many steps of this run."
     ),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
+    threads: int | None = typer.Option(
+        None, "--threads", min=1, help="CPU threads for torch (default: torch's choice)."
+    ),
     precision: str = typer.Option(
         "auto", "--precision", help="auto (bf16 on CUDA), fp32, bf16, fp16."
     ),
@@ -86,6 +89,7 @@ def train(
     """Train a CVDM (AdamW, warm-up + cosine, EMA, checkpoints, validation PSNR)."""
 
     def body() -> None:
+        apply_threads(threads)
         import torch
 
         from cvdm_cli.config import ModelConfig
