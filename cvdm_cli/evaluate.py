@@ -342,12 +342,17 @@ class EvaluationReport:
                 f"; PSF: {self.settings.get('psf_source', '?')}.",
             ]
         st = self.settings
+        reference = (
+            f"; reference: {st.get('reference_samples')} samples x "
+            f"{st.get('reference_steps')} steps"
+            if st.get("reference_samples")
+            else ""
+        )
         lines += [
             "",
             f"Scores after the CSBDeep fair comparison (target percentiles 0.1/99.9, "
             f"least-squares scale and offset). cvdm: {st.get('samples')} fast samples x "
-            f"{st.get('steps')} steps; reference: {st.get('reference_samples')} samples x "
-            f"{st.get('reference_steps')} steps. 'calib.': the coverage a calibrated sampler "
+            f"{st.get('steps')} steps{reference}. 'calib.': the coverage a calibrated sampler "
             "would reach with that many samples.",
         ]
         return "\n".join(lines) + "\n"

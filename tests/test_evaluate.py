@@ -348,6 +348,8 @@ def test_cli_evaluate_json_and_errors(tmp_path: Path, model_path: Path) -> None:
     assert doc["settings"]["n_scored"] == 3 and doc["settings"]["rl_iterations"] == 3
     assert set(doc["summary"]) == {"bicubic", "rl", "cvdm_fast"}
     assert (tmp_path / "r" / "metrics.csv").is_file()
+    report = (tmp_path / "r" / "report.md").read_text()
+    assert "2 fast samples x 2 steps." in report and "None" not in report  # no reference run
     # the same run again refuses to overwrite (one red line, the table's exit code)
     again = runner.invoke(app, [*args, "--out", str(tmp_path / "r")])
     assert again.exit_code == exit_code_for(OutputExistsError("x")) != 0
