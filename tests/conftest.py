@@ -15,6 +15,24 @@ os.environ["HF_HUB_CACHE"] = os.path.join(_HF_HOME, "hub")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """torch on one CPU thread for a module: tiny convolutions are dominated by thread
+    start-up, and far slower on a machine shared with another busy process."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def no_debug(monkeypatch):
+    """CVDM_DEBUG unset, so errors print the one-line form the tests check."""
+    monkeypatch.delenv("CVDM_DEBUG", raising=False)
+
+
 @pytest.fixture(scope="session")
 def tiny_model():
     """An untrained tiny CVDM (fixed init), on the CPU, in eval mode."""

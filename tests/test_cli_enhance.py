@@ -24,17 +24,7 @@ FAST = ["--samples", "2", "--steps", "2"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "CVDM_DEBUG": ""}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(autouse=True)
-def _no_debug(monkeypatch):
-    monkeypatch.delenv("CVDM_DEBUG", raising=False)
+pytestmark = pytest.mark.usefixtures("one_thread", "no_debug")
 
 
 def cvdm(*args: str | Path) -> SimpleNamespace:
@@ -421,7 +411,7 @@ def _run_cli(args: list[str], **kw) -> subprocess.Popen:
 
 def test_sigint_leaves_no_partial_file_and_exits_130(tmp_path, tiny_weights):
     write(tmp_path / "a.tif", (12, 10), "YX")
-    write(tmp_path / "b.tif", (40, 32, 32), "ZYX")  # ~40 planes: seconds of work
+    write(tmp_path / "b.tif", (200, 48, 48), "ZYX")  # a minute of work unless interrupted
     proc = _run_cli(
         [
             "enhance",

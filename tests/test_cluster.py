@@ -34,17 +34,7 @@ FAST = ["--samples", "2", "--steps", "2", "--tile", "16", "--overlap", "4"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "CVDM_DEBUG": ""}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(autouse=True)
-def _no_debug(monkeypatch):
-    monkeypatch.delenv("CVDM_DEBUG", raising=False)
+pytestmark = pytest.mark.usefixtures("one_thread", "no_debug")
 
 
 @pytest.fixture(scope="module")

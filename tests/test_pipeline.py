@@ -20,12 +20,7 @@ from cvdm_cli.tiled import reconstruct_plane
 FAST = EnhanceSettings(samples=2, steps=2, tile=256, overlap=32)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -21,15 +21,7 @@ import torch.nn.functional as F
 from cvdm_cli import CVDM, ModelConfig
 from cvdm_cli.tiled import plan_for, reconstruct_plane, schedule_map_plane
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny convolutions are dominated by thread start-up; one thread is faster (and far
-    # faster on a machine shared with a training run).
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class SmoothCVDM(CVDM):
