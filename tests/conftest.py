@@ -15,6 +15,15 @@ os.environ["HF_HUB_CACHE"] = os.path.join(_HF_HOME, "hub")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 
+def default_sigint() -> None:
+    """Popen preexec_fn: SIGINT back to its default in the child. A test run started as a
+    background job (``pytest &``) ignores SIGINT, children inherit that, and Python then
+    installs no KeyboardInterrupt handler: the Ctrl-C tests would test nothing."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """torch on one CPU thread for a module: tiny convolutions are dominated by thread

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import tifffile
 import torch
+from conftest import default_sigint
 from typer.testing import CliRunner
 
 from cvdm_cli.cli.app import app
@@ -405,6 +406,7 @@ def _run_cli(args: list[str], **kw) -> subprocess.Popen:
         stderr=subprocess.PIPE,
         text=True,
         env=ENV,
+        preexec_fn=default_sigint,
         **kw,
     )
 

@@ -26,6 +26,8 @@ from typer.testing import CliRunner
 
 distributed = pytest.importorskip("distributed")  # the optional `cluster` extra
 
+from conftest import default_sigint  # noqa: E402
+
 from cvdm_cli import cluster, errors, pipeline  # noqa: E402
 from cvdm_cli.cli.app import app  # noqa: E402
 from cvdm_cli.pipeline import EnhanceSettings, ModelRef, Reporter  # noqa: E402
@@ -296,6 +298,7 @@ def test_workers_option_then_ctrl_c_cancels_cleanly(tmp_path, tiny_weights):
         stderr=subprocess.PIPE,
         text=True,
         env=ENV,
+        preexec_fn=default_sigint,
         start_new_session=True,  # its own process group, as in a terminal
     )
     try:
