@@ -4,9 +4,13 @@
 #
 #   bash benchmarks/gpu/session.sh PACK OUTDIR TRAIN_SECONDS
 #
-# PACK: training pairs packed by benchmarks/gpu/pack_pairs.py with entries lr, hr, toy_lr
-# (and optionally eval_lr, eval_hr). Writes to OUTDIR: session.log (everything printed),
-# train_phys.log, train_toy.log, phys.safetensors, toy.safetensors (EMA weights).
+# PACK: training pairs packed by benchmarks/gpu/pack_pairs.py with entries lr, hr, toy_lr.
+# Or PACK=none with SIM_N=N: simulate N physically based pairs on the machine's CPUs while
+# the benchmarks run (`cvdm simulate --seed 1000`), installing microsim and its missing
+# pure-Python dependencies from wheels in .whl/ (README of the device tool says how to
+# download them; list in docs/performance.md); only the physically based model is trained.
+# Writes to OUTDIR: session.log (everything printed), train_phys.log, train_toy.log,
+# phys.safetensors, toy.safetensors (EMA weights).
 # Runs under the machine's own $PY with this checkout on PYTHONPATH (no install).
 # A CPU smoke run of the script itself: DEVICE=cpu PRESET=tiny BATCH=4 BENCH_BATCHES=2
 # BENCH_PRESETS=tiny SAMPLER_SIZE=64 MIN_STEPS=20 bash benchmarks/gpu/session.sh ... 30
@@ -27,6 +31,9 @@ SLACK=${SLACK:-60}
 PY=${PY:-python3}
 SAMPLER_BENCH=${SAMPLER_BENCH:-1}  # 0: skip the sampler benchmark
 TRAIN_TOY=${TRAIN_TOY:-1}          # 0: train the physically based model only
+SIM_N=${SIM_N:-0}                  # > 0: simulate this many pairs here instead of PACK
+SIM_JOBS=${SIM_JOBS:-14}
+WHEELS=${WHEELS:-.whl}             # none: microsim is importable already
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
 T0=$(date +%s)
 LOG=$OUT/session.log
@@ -37,8 +44,22 @@ log "== machine"
 run nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm --format=csv
 run $PY -c "import torch, numpy; print('torch', torch.__version__, 'numpy', numpy.__version__, torch.cuda.get_device_name() if torch.cuda.is_available() else 'no CUDA')"
 
-log "== unpack (background)"
-$PY benchmarks/gpu/pack_pairs.py unpack "$PACK" /tmp/data >/tmp/unpack.log 2>&1 &
+if [ "$SIM_N" -gt 0 ]; then
+    TRAIN_TOY=0
+    if [ "$WHEELS" != none ]; then
+        run $PY -m pip install -q --no-index --no-deps --no-compile --target /tmp/site "$WHEELS"/*.whl
+        export PYTHONPATH=$PWD:/tmp/site
+    fi
+    log "== simulating $SIM_N pairs with $SIM_JOBS processes (background)"
+    mkdir -p /tmp/data
+    (
+        $PY -m cvdm_cli simulate /tmp/data/sim --n "$SIM_N" --seed 1000 --structure mixed \
+            -j "$SIM_JOBS" -q && ln -s sim/lr /tmp/data/lr && ln -s sim/hr /tmp/data/hr
+    ) >/tmp/unpack.log 2>&1 &
+else
+    log "== unpack (background)"
+    $PY benchmarks/gpu/pack_pairs.py unpack "$PACK" /tmp/data >/tmp/unpack.log 2>&1 &
+fi
 UNPACK=$!
 
 log "== training-step benchmark (small preset, bf16, 128x128 HR patches)"
@@ -52,6 +73,7 @@ timeout 120 $PY benchmarks/sampler.py --presets "$BENCH_PRESETS" --skip-cpu \
 
 wait $UNPACK
 run cat /tmp/unpack.log
+run ls /tmp/data
 
 # steps for the time budget: the single-process rate at batch 32, two runs sharing the GPU
 S_STEP=$($PY -c "
