@@ -90,13 +90,16 @@ def train(
 
     def body() -> None:
         apply_threads(threads)
-        import torch
 
         from cvdm_cli.config import ModelConfig
         from cvdm_cli.devices import pick_device
         from cvdm_cli.trainer import PairedData, TrainConfig
         from cvdm_cli.trainer import train as run_training
 
+        if not out.name.endswith(".safetensors"):
+            raise ConfigError(
+                "--out must end in .safetensors", path=out, hint="e.g. --out my-model.safetensors"
+            )
         if export_only:
             _export_only(resume, out, lr_dir, hr_dir, quiet=quiet, json_out=json_out)
             return
@@ -109,10 +112,6 @@ def train(
         if not simulate and (lr_dir is None or hr_dir is None):
             raise ConfigError(
                 "--lr and --hr go together", path="cvdm train", hint="pass both folders"
-            )
-        if not out.name.endswith(".safetensors"):
-            raise ConfigError(
-                "--out must end in .safetensors", path=out, hint="e.g. --out my-model.safetensors"
             )
         dev = pick_device(device)
         cfg = TrainConfig(
@@ -129,9 +128,9 @@ def train(
             precision=precision,
         )
         if resume is not None:
-            from cvdm_cli.trainer import load_checkpoint
+            from cvdm_cli.trainer import checkpoint_configs
 
-            model_config = load_checkpoint(resume, cfg, torch.device("cpu")).model.config
+            model_config, _ = checkpoint_configs(resume)  # metadata only; train() loads it
         else:
             model_config = ModelConfig.preset(preset)
         data_info: dict[str, object] = {"command": shlex.join(["cvdm", *sys.argv[1:]])}
@@ -196,10 +195,6 @@ def _export_only(
             path="--export-only",
             hint="add --resume RUN.ckpt.safetensors",
         )
-    if not out.name.endswith(".safetensors"):
-        raise ConfigError(
-            "--out must end in .safetensors", path=out, hint="e.g. --out my-model.safetensors"
-        )
     if (lr_dir is None) != (hr_dir is None):
         raise ConfigError("--lr and --hr go together", path="cvdm train", hint="pass both folders")
     data = None
@@ -214,9 +209,9 @@ def _export_only(
             seed=cfg.seed,
         )
     export_checkpoint(resume, out, data=data)
-    from cvdm_cli.weights import load_weights
+    from cvdm_cli.weights import read_metadata
 
-    info = load_weights(out).info
+    info = json.loads(read_metadata(out)["cvdm.info"])
     summary = {
         "out": str(out),
         "steps": info["training"]["steps"],
