@@ -15,6 +15,27 @@ os.environ["HF_HUB_CACHE"] = os.path.join(_HF_HOME, "hub")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 
+def cvdm(*args):
+    """Run the CLI in-process: SimpleNamespace(code, out, err); unexpected exceptions raise."""
+    from types import SimpleNamespace
+
+    from typer.testing import CliRunner
+
+    from cvdm_cli.cli.app import app
+
+    result = CliRunner().invoke(app, [str(a) for a in args])
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return SimpleNamespace(code=result.exit_code, out=result.stdout, err=result.stderr)
+
+
+def json_lines(text: str) -> list[dict]:
+    """Every line of ``text`` parsed as JSON (fails if any line is not)."""
+    import json
+
+    return [json.loads(line) for line in text.splitlines()]
+
+
 def default_sigint() -> None:
     """Popen preexec_fn: SIGINT back to its default in the child. A test run started as a
     background job (``pytest &``) ignores SIGINT, children inherit that, and Python then

@@ -10,33 +10,18 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import tifffile
 import torch
-from conftest import default_sigint
-from typer.testing import CliRunner
-
-from cvdm_cli.cli.app import app
+from conftest import cvdm, default_sigint, json_lines
 
 FAST = ["--samples", "2", "--steps", "2"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "CVDM_DEBUG": ""}
 
 
 pytestmark = pytest.mark.usefixtures("one_thread", "no_debug")
-
-
-def cvdm(*args: str | Path) -> SimpleNamespace:
-    result = CliRunner().invoke(app, [str(a) for a in args])
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    return SimpleNamespace(code=result.exit_code, out=result.stdout, err=result.stderr)
-
-
-def json_lines(text: str) -> list[dict]:
-    return [json.loads(line) for line in text.splitlines()]  # every line must be JSON
 
 
 def write(path: Path, shape: tuple[int, ...], axes: str, *, pixel_um=0.2, seed=0) -> Path:

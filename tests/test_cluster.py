@@ -16,20 +16,17 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import tifffile
 import torch
-from typer.testing import CliRunner
 
 distributed = pytest.importorskip("distributed")  # the optional `cluster` extra
 
-from conftest import default_sigint  # noqa: E402
+from conftest import cvdm, default_sigint, json_lines  # noqa: E402
 
 from cvdm_cli import cluster, errors, pipeline  # noqa: E402
-from cvdm_cli.cli.app import app  # noqa: E402
 from cvdm_cli.pipeline import EnhanceSettings, ModelRef, Reporter  # noqa: E402
 
 FAST = ["--samples", "2", "--steps", "2", "--tile", "16", "--overlap", "4"]
@@ -51,17 +48,6 @@ def dask_cluster():
         silence_logs=logging.ERROR,
     ) as lc:
         yield lc
-
-
-def cvdm(*args: str | Path) -> SimpleNamespace:
-    result = CliRunner().invoke(app, [str(a) for a in args])
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    return SimpleNamespace(code=result.exit_code, out=result.stdout, err=result.stderr)
-
-
-def json_lines(text: str) -> list[dict]:
-    return [json.loads(line) for line in text.splitlines()]
 
 
 def write(path: Path, shape: tuple[int, ...], axes: str, *, seed: int = 0) -> Path:
