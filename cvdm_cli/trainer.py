@@ -331,9 +331,18 @@ def make_optimizer(model: CVDM, cfg: TrainConfig) -> torch.optim.AdamW:
     )
 
 
-def new_state(config: ModelConfig, cfg: TrainConfig, device: torch.device) -> TrainState:
+def new_state(
+    config: ModelConfig, cfg: TrainConfig, device: torch.device, init: CVDM | None = None
+) -> TrainState:
+    """Step 0 of a run: a fresh model of ``config`` (initialised from ``cfg.seed``), or a
+    copy of ``init``'s weights for fine-tuning (its config wins; the EMA starts equal)."""
     torch.manual_seed(cfg.seed)  # parameter initialisation
-    model = CVDM(config).to(device)
+    if init is None:
+        model = CVDM(config).to(device)
+    else:
+        model = copy.deepcopy(init).to(device)
+        model.info = {}  # a new run, a new record; the caller describes the start in ``info``
+    model.train()
     ema = copy.deepcopy(model)
     return TrainState(
         model=model,
@@ -423,6 +432,7 @@ def train(
     out: Path,
     device: torch.device | str = "cpu",
     resume: Path | None = None,
+    init: CVDM | None = None,
     info: dict[str, Any] | None = None,
     callback: StepCallback | None = None,
     stop_after: int | None = None,
@@ -433,11 +443,16 @@ def train(
     ``cfg.checkpoint_every`` steps and at the end. ``stop_after``: stop (with a
     checkpoint) after this many steps of this call, for tests and time-boxed runs.
     ``callback(step, record)`` after every step with the loss terms and learning rate.
+    ``init``: start from these weights (fine-tuning) instead of a fresh ``model_config``
+    model; ignored with ``resume`` (the checkpoint holds the weights).
     """
     device = torch.device(device)
     out = Path(out)
     ckpt_path = checkpoint_path(out)
-    state = load_checkpoint(resume, cfg, device) if resume else new_state(model_config, cfg, device)
+    if resume:
+        state = load_checkpoint(resume, cfg, device)
+    else:
+        state = new_state(model_config, cfg, device, init=init)
     state.model.info.update(info or {})
     autocast = resolve_precision(cfg.precision, device)
     model, ema = state.model, state.ema

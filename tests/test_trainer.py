@@ -242,3 +242,52 @@ def test_cli_export_only_writes_the_checkpoints_ema_scored_on_its_held_out_pairs
         ],
     )
     assert absent.exit_code != 0 and "checkpoint not found" in absent.output
+
+
+def test_cli_init_fine_tunes_from_given_weights_and_records_them(tmp_path):
+    """`cvdm train --init M` starts from M's weights and config (not a fresh --preset model),
+    records M's name and sha256 in the new file, and refuses --init with --preset/--resume."""
+    import hashlib
+
+    from typer.testing import CliRunner
+
+    from cvdm_cli.cli.app import app
+
+    lr_dir, hr_dir = _write_pairs(tmp_path / "pairs", 4)
+    base = tmp_path / "base.safetensors"
+    common = ["train", "--lr", str(lr_dir), "--hr", str(hr_dir), "--patch", "8"]
+    common += ["--batch-size", "2", "--val-every", "0", "--warmup", "1", "--quiet"]
+    runner = CliRunner()
+    made = runner.invoke(app, [*common, "--preset", "tiny", "--out", str(base), "--steps", "6"])
+    assert made.exit_code == 0, made.output
+    start = load_weights(base)
+
+    # learning rate 0: fine-tuning must leave the starting weights exactly as they were,
+    # which a fresh model (initialised from --seed) would not match
+    tuned = tmp_path / "tuned.safetensors"
+    ran = runner.invoke(
+        app,
+        [*common, "--init", str(base), "--out", str(tuned), "--steps", "3", "--learning-rate", "0"],
+    )
+    assert ran.exit_code == 0, ran.output
+    model = load_weights(tuned)
+    assert model.config == start.config and model.config.name == "tiny"
+    for (name, a), b in zip(start.state_dict().items(), model.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+    init = model.info["init"]
+    assert init["model"] == str(base) and init["steps"] == 6
+    assert init["sha256"] == hashlib.sha256(base.read_bytes()).hexdigest()
+    assert model.info["training"]["steps"] == 3
+
+    # with a learning rate the weights move away from the start
+    moved = tmp_path / "moved.safetensors"
+    ran = runner.invoke(app, [*common, "--init", str(base), "--out", str(moved), "--steps", "3"])
+    assert ran.exit_code == 0, ran.output
+    changed = load_weights(moved)
+    assert any(
+        not torch.equal(a, b) for a, b in zip(start.parameters(), changed.parameters(), strict=True)
+    )
+
+    for extra in (["--preset", "tiny"], ["--resume", str(checkpoint_path(base))]):
+        refused = runner.invoke(app, [*common, "--init", str(base), "--out", str(moved), *extra])
+        assert refused.exit_code == 2 and "--init cannot be combined" in refused.output

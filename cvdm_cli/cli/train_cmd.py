@@ -50,7 +50,15 @@ def train(
         help="Use the toy simulator (2D Gaussian PSF) instead of the physically based one.",
     ),
     workers: int = typer.Option(1, "--sim-workers", help="Processes for simulation."),
-    preset: str = typer.Option("small", "--preset", help="Model size: tiny, small, base, paper."),
+    preset: str | None = typer.Option(
+        None, "--preset", help="Model size: tiny, small, base, paper.  [default: small]"
+    ),
+    init: str | None = typer.Option(
+        None,
+        "--init",
+        help="Fine-tune: start from these weights (registry name, .safetensors file or "
+        "hf://...) instead of a new --preset model.",
+    ),
     steps: int = typer.Option(10_000, "--steps", help="Total optimisation steps."),
     batch_size: int = typer.Option(8, "--batch-size", help="Patches per step."),
     patch: int = typer.Option(64, "--patch", help="LR patch size (HR patch is 2x)."),
@@ -127,13 +135,24 @@ def train(
             seed=seed,
             precision=precision,
         )
+        if init is not None and (resume is not None or preset is not None):
+            raise ConfigError(
+                f"--init cannot be combined with {'--resume' if resume else '--preset'}",
+                path="--init",
+                hint="the starting weights fix the model size; --resume continues a run "
+                "that already started from them",
+            )
+        data_info: dict[str, object] = {"command": shlex.join(["cvdm", *sys.argv[1:]])}
+        init_model = None
         if resume is not None:
             from cvdm_cli.trainer import checkpoint_configs
 
             model_config, _ = checkpoint_configs(resume)  # metadata only; train() loads it
+        elif init is not None:
+            init_model, data_info["init"] = _load_init(init)
+            model_config = init_model.config
         else:
-            model_config = ModelConfig.preset(preset)
-        data_info: dict[str, object] = {"command": shlex.join(["cvdm", *sys.argv[1:]])}
+            model_config = ModelConfig.preset(preset or "small")
         if simulate:
             folder = sim_dir or out.with_name(out.name.removesuffix(".safetensors") + ".simdata")
             if not (folder / "params.json").exists():
@@ -160,7 +179,17 @@ def train(
             )
         started = time.time()
         state = _run_with_progress(
-            run_training, data, model_config, cfg, out, dev, resume, data_info, stop_after, quiet
+            run_training,
+            data,
+            model_config,
+            cfg,
+            out,
+            dev,
+            resume,
+            data_info,
+            stop_after,
+            quiet,
+            init_model,
         )
         summary = {
             "out": str(out),
@@ -251,8 +280,26 @@ def _simulate(
         )
 
 
+def _load_init(spec: str):
+    """The weights ``--init`` names, and a record of them for the new model's metadata."""
+    from cvdm_cli.registry import resolve_model
+    from cvdm_cli.weights import load_weights
+
+    resolved = resolve_model(spec)
+    model = load_weights(resolved.path)
+    training = model.info.get("training", {})
+    record = {
+        "model": spec,
+        "sha256": resolved.sha256,
+        "config": model.config.name,
+        "steps": training.get("steps") if isinstance(training, dict) else None,
+        "data": model.info.get("data"),
+    }
+    return model, record
+
+
 def _run_with_progress(
-    run_training, data, model_config, cfg, out, dev, resume, info, stop_after, quiet
+    run_training, data, model_config, cfg, out, dev, resume, info, stop_after, quiet, init_model
 ):
     from rich.progress import (
         BarColumn,
@@ -292,6 +339,7 @@ def _run_with_progress(
             out=out,
             device=dev,
             resume=resume,
+            init=init_model,
             info=info,
             callback=callback,
             stop_after=stop_after,
