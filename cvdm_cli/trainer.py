@@ -57,7 +57,7 @@ class TrainConfig:
     ema_decay: float = 0.999
     checkpoint_every: int = 250
     val_every: int = 500
-    val_images: int = 4
+    val_images: int = 4  # held-out pairs scored per validation; 0 = all of them
     val_samples: int = 2
     val_steps: int = 10
     val_fraction: float = 0.1
@@ -365,13 +365,14 @@ def psnr(pred: np.ndarray, target: np.ndarray, data_range: float = 2.0) -> float
 
 @torch.no_grad()
 def validate(model: CVDM, pairs: Sequence[Pair], cfg: TrainConfig) -> dict[str, float]:
-    """Mean PSNR (normalised units, range 2) of the fast sampler vs bicubic on val pairs."""
+    """Mean PSNR (normalised units, range 2) of the fast sampler vs bicubic on val pairs
+    (the first ``cfg.val_images``, or all when it is 0)."""
     from cvdm_cli.sampler import reconstruct
 
     if not pairs:
         return {}
     scores, bicubic = [], []
-    for i, pair in enumerate(pairs[: cfg.val_images]):
+    for i, pair in enumerate(pairs[: cfg.val_images] if cfg.val_images else pairs):
         rec = reconstruct(
             model,
             pair.lowres[None].to(model.device),
@@ -382,7 +383,11 @@ def validate(model: CVDM, pairs: Sequence[Pair], cfg: TrainConfig) -> dict[str, 
         target = pair.y.numpy()[None]
         scores.append(psnr(rec.mean, target))
         bicubic.append(psnr(pair.x.numpy()[None], target))
-    return {"val_psnr": float(np.mean(scores)), "val_psnr_bicubic": float(np.mean(bicubic))}
+    return {
+        "val_psnr": float(np.mean(scores)),
+        "val_psnr_bicubic": float(np.mean(bicubic)),
+        "val_images": float(len(scores)),
+    }
 
 
 # --- the loop ---------------------------------------------------------------------------

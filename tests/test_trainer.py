@@ -291,3 +291,17 @@ def test_cli_init_fine_tunes_from_given_weights_and_records_them(tmp_path):
     for extra in (["--preset", "tiny"], ["--resume", str(checkpoint_path(base))]):
         refused = runner.invoke(app, [*common, "--init", str(base), "--out", str(moved), *extra])
         assert refused.exit_code == 2 and "--init cannot be combined" in refused.output
+
+
+@pytest.mark.parametrize(("val_images", "scored"), [(0, 3), (2, 2)])
+def test_validation_scores_the_requested_number_of_held_out_pairs(tmp_path, val_images, scored):
+    data = _small_data(tmp_path, n=6)
+    data = PairedData(data.train + data.val, val_fraction=0.5, patch=8, scale=2)
+    assert len(data.val) == 3
+    cfg = TrainConfig(
+        steps=1, batch_size=2, patch=8, val_every=0, val_images=val_images, val_steps=2
+    )
+    train(data, model_config=ModelConfig.preset("tiny"), cfg=cfg, out=tmp_path / "m.safetensors")
+    validation = load_weights(tmp_path / "m.safetensors").info["validation"]
+    assert validation["val_images"] == scored
+    assert np.isfinite(validation["val_psnr"]) and np.isfinite(validation["val_psnr_bicubic"])

@@ -70,6 +70,12 @@ def train(
     ),
     val_every: int = typer.Option(500, "--val-every", help="Steps between validations (0: never)."),
     val_fraction: float = typer.Option(0.1, "--val-fraction", help="Held-out share of pairs."),
+    val_images: int = typer.Option(
+        4, "--val-images", min=0, help="Held-out pairs scored per validation (0: all)."
+    ),
+    val_samples: int = typer.Option(
+        2, "--val-samples", min=1, help="Samples per image in validation (their mean is scored)."
+    ),
     seed: int = typer.Option(0, "--seed", help="Training seed (init, patches, noise)."),
     resume: Path | None = typer.Option(
         None, "--resume", help="Continue exactly from a .ckpt.safetensors checkpoint."
@@ -132,6 +138,8 @@ def train(
             checkpoint_every=checkpoint_every,
             val_every=val_every,
             val_fraction=val_fraction,
+            val_images=val_images,
+            val_samples=val_samples,
             seed=seed,
             precision=precision,
         )
