@@ -100,10 +100,15 @@ class LossTerms:
     smooth: Tensor  # 4. alpha (d2 gamma/dt2)^2
     total: Tensor  # weighted sum, weights from config.loss_weights (paper: 1, 2, 2, 2)
 
-    def as_floats(self) -> dict[str, float]:
-        return {
-            k: float(getattr(self, k).detach()) for k in ("total", "eps", "beta", "prior", "smooth")
-        }
+    NAMES = ("total", "eps", "beta", "prior", "smooth")
+
+    def as_floats(self, *extra: Tensor) -> tuple[dict[str, float], list[float]]:
+        """The terms as Python floats, plus ``extra`` scalar tensors (e.g. the gradient
+        norm), read in one device-to-host copy: on a GPU each separate read is a sync."""
+        values = [getattr(self, k).detach().float().reshape(()) for k in self.NAMES]
+        values += [e.detach().float().reshape(()) for e in extra]
+        host = torch.stack(values).tolist()
+        return dict(zip(self.NAMES, host[: len(self.NAMES)], strict=True)), host[len(self.NAMES) :]
 
 
 def cvdm_losses(

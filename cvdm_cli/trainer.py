@@ -421,11 +421,12 @@ def train_step(
     opt.step()
     ema_update(state.ema, model, cfg.ema_decay, state.step)
     state.step += 1
+    losses, (grad_norm_value,) = terms.as_floats(grad_norm)
     return {
         "step": state.step,
-        **terms.as_floats(),
+        **losses,
         "lr": opt.param_groups[0]["lr"],
-        "grad_norm": float(grad_norm),
+        "grad_norm": grad_norm_value,
     }
 
 

@@ -119,3 +119,19 @@ def test_loss_gradients_reach_every_network(tiny_model):
     for part in ("denoiser", "schedule_net", "tau", "tau_int"):
         grads = [p.grad for p in getattr(m, part).parameters() if p.grad is not None]
         assert grads and any(g.abs().sum() > 0 for g in grads), part
+
+
+def test_loss_terms_as_floats_reads_every_term_and_extras_at_once():
+    from cvdm_cli.diffusion import LossTerms
+
+    terms = LossTerms(
+        eps=torch.tensor(0.5),
+        beta=torch.tensor(0.25, dtype=torch.bfloat16),
+        prior=torch.tensor([0.125]),
+        smooth=torch.tensor(2.0, requires_grad=True),
+        total=torch.tensor(3.0),
+    )
+    losses, extra = terms.as_floats(torch.tensor(7.5), torch.tensor(1.0))
+    assert losses == {"total": 3.0, "eps": 0.5, "beta": 0.25, "prior": 0.125, "smooth": 2.0}
+    assert extra == [7.5, 1.0]
+    assert all(type(v) is float for v in [*losses.values(), *extra])
