@@ -7,11 +7,15 @@ import shlex
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
 from cvdm_cli.cli.common import apply_threads, run_guarded, stderr, stdout
 from cvdm_cli.errors import ConfigError
+
+if TYPE_CHECKING:
+    from cvdm_cli.model import CVDM
 
 
 def train(
@@ -288,7 +292,7 @@ def _simulate(
         )
 
 
-def _load_init(spec: str):
+def _load_init(spec: str) -> tuple[CVDM, dict[str, object]]:
     """The weights ``--init`` names, and a record of them for the new model's metadata."""
     from cvdm_cli.registry import resolve_model
     from cvdm_cli.weights import load_weights
