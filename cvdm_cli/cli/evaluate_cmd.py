@@ -12,7 +12,7 @@ from rich import box
 from rich.markup import escape
 from rich.table import Table
 
-from cvdm_cli.cli.common import apply_threads, run_guarded, stderr, stdout
+from cvdm_cli.cli.common import ThreadsOpt, apply_threads, run_guarded, stderr, stdout
 
 
 def evaluate(
@@ -62,9 +62,7 @@ def evaluate(
     ),
     seed: int = typer.Option(0, "--seed", help="Validation split and sampler noise."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
-    threads: int | None = typer.Option(
-        None, "--threads", min=1, help="CPU threads for torch (default: torch's choice)."
-    ),
+    threads: ThreadsOpt = None,
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or table."),
 ) -> None:

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from cvdm_cli.cli.common import apply_threads, run_guarded, stderr, stdout
+from cvdm_cli.cli.common import ThreadsOpt, apply_threads, run_guarded, stderr, stdout
 from cvdm_cli.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -95,9 +95,7 @@ def train(
         None, "--stop-after", help="Stop (with a checkpoint) after this many steps of this run."
     ),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
-    threads: int | None = typer.Option(
-        None, "--threads", min=1, help="CPU threads for torch (default: torch's choice)."
-    ),
+    threads: ThreadsOpt = None,
     precision: str = typer.Option(
         "auto", "--precision", help="auto (bf16 on CUDA), fp32, bf16, fp16."
     ),
