@@ -7,6 +7,7 @@ import pytest
 import tifffile
 import torch
 import torch.nn.functional as F
+from conftest import cvdm
 
 from cvdm_cli import ModelConfig, load_weights, reconstruct
 from cvdm_cli.errors import DataError, InvalidPixelsError
@@ -168,80 +169,37 @@ def test_cli_export_only_writes_the_checkpoints_ema_scored_on_its_held_out_pairs
     stopped early), scored on the run's own held-out split; without --resume: exit 2."""
     import json
 
-    from typer.testing import CliRunner
-
-    from cvdm_cli.cli.app import app
+    from cvdm_cli.trainer import load_checkpoint
 
     lr_dir, hr_dir = _write_pairs(tmp_path / "pairs", 5)
     run = tmp_path / "run.safetensors"
-    common = ["--lr", str(lr_dir), "--hr", str(hr_dir), "--preset", "tiny", "--patch", "8"]
-    runner = CliRunner()
-    trained = runner.invoke(
-        app,
-        [
-            "train",
-            *common,
-            "--out",
-            str(run),
-            "--steps",
-            "20",
-            "--stop-after",
-            "7",
-            "--quiet",
-            "--batch-size",
-            "2",
-            "--warmup",
-            "2",
-            "--val-fraction",
-            "0.4",
-            "--seed",
-            "3",
-        ],
-    )
-    assert trained.exit_code == 0, trained.output
+    trained = cvdm(
+        "train", "--lr", lr_dir, "--hr", hr_dir, "--preset", "tiny", "--patch", 8,
+        "--out", run, "--steps", 20, "--stop-after", 7, "--quiet", "--batch-size", 2,
+        "--warmup", 2, "--val-fraction", 0.4, "--seed", 3,
+    )  # fmt: skip
+    assert trained.code == 0, trained.err
     assert not run.exists() or load_weights(run).info["training"]["steps"] == 7
     out = tmp_path / "exported.safetensors"
-    exported = runner.invoke(
-        app,
-        [
-            "train",
-            "--lr",
-            str(lr_dir),
-            "--hr",
-            str(hr_dir),
-            "--export-only",
-            "--resume",
-            str(checkpoint_path(run)),
-            "--out",
-            str(out),
-            "--json",
-        ],
-    )
-    assert exported.exit_code == 0, exported.output
-    summary = json.loads(exported.stdout)
+    exported = cvdm(
+        "train", "--lr", lr_dir, "--hr", hr_dir, "--export-only",
+        "--resume", checkpoint_path(run), "--out", out, "--json",
+    )  # fmt: skip
+    assert exported.code == 0, exported.err
+    summary = json.loads(exported.out)
     model = load_weights(out)
     assert summary["steps"] == model.info["training"]["steps"] == 7
     assert model.info["training"]["val_pairs"] == 2  # the run's split: 0.4 of 5 pairs
     assert np.isfinite(model.info["validation"]["val_psnr"])
-    from cvdm_cli.trainer import load_checkpoint
-
     ckpt_ema = load_checkpoint(checkpoint_path(run), TrainConfig(), torch.device("cpu")).ema
     for a, b in zip(ckpt_ema.parameters(), model.parameters(), strict=True):
         assert torch.equal(a, b)
-    missing = runner.invoke(app, ["train", "--export-only", "--out", str(out)])
-    assert missing.exit_code == 2 and "--resume" in missing.output
-    absent = runner.invoke(
-        app,
-        [
-            "train",
-            "--export-only",
-            "--resume",
-            str(tmp_path / "nope.ckpt.safetensors"),
-            "--out",
-            str(out),
-        ],
+    missing = cvdm("train", "--export-only", "--out", out)
+    assert missing.code == 2 and "--resume" in missing.out + missing.err
+    absent = cvdm(
+        "train", "--export-only", "--resume", tmp_path / "nope.ckpt.safetensors", "--out", out
     )
-    assert absent.exit_code != 0 and "checkpoint not found" in absent.output
+    assert absent.code != 0 and "checkpoint not found" in absent.out + absent.err
 
 
 def test_cli_init_fine_tunes_from_given_weights_and_records_them(tmp_path):
@@ -249,27 +207,19 @@ def test_cli_init_fine_tunes_from_given_weights_and_records_them(tmp_path):
     records M's name and sha256 in the new file, and refuses --init with --preset/--resume."""
     import hashlib
 
-    from typer.testing import CliRunner
-
-    from cvdm_cli.cli.app import app
-
     lr_dir, hr_dir = _write_pairs(tmp_path / "pairs", 4)
     base = tmp_path / "base.safetensors"
-    common = ["train", "--lr", str(lr_dir), "--hr", str(hr_dir), "--patch", "8"]
-    common += ["--batch-size", "2", "--val-every", "0", "--warmup", "1", "--quiet"]
-    runner = CliRunner()
-    made = runner.invoke(app, [*common, "--preset", "tiny", "--out", str(base), "--steps", "6"])
-    assert made.exit_code == 0, made.output
+    common = ["train", "--lr", lr_dir, "--hr", hr_dir, "--patch", 8, "--batch-size", 2]
+    common += ["--val-every", 0, "--warmup", 1, "--quiet"]
+    made = cvdm(*common, "--preset", "tiny", "--out", base, "--steps", 6)
+    assert made.code == 0, made.err
     start = load_weights(base)
 
     # learning rate 0: fine-tuning must leave the starting weights exactly as they were,
     # which a fresh model (initialised from --seed) would not match
     tuned = tmp_path / "tuned.safetensors"
-    ran = runner.invoke(
-        app,
-        [*common, "--init", str(base), "--out", str(tuned), "--steps", "3", "--learning-rate", "0"],
-    )
-    assert ran.exit_code == 0, ran.output
+    ran = cvdm(*common, "--init", base, "--out", tuned, "--steps", 3, "--learning-rate", 0)
+    assert ran.code == 0, ran.err
     model = load_weights(tuned)
     assert model.config == start.config and model.config.name == "tiny"
     for (name, a), b in zip(start.state_dict().items(), model.state_dict().values(), strict=True):
@@ -281,16 +231,16 @@ def test_cli_init_fine_tunes_from_given_weights_and_records_them(tmp_path):
 
     # with a learning rate the weights move away from the start
     moved = tmp_path / "moved.safetensors"
-    ran = runner.invoke(app, [*common, "--init", str(base), "--out", str(moved), "--steps", "3"])
-    assert ran.exit_code == 0, ran.output
+    ran = cvdm(*common, "--init", base, "--out", moved, "--steps", 3)
+    assert ran.code == 0, ran.err
     changed = load_weights(moved)
     assert any(
         not torch.equal(a, b) for a, b in zip(start.parameters(), changed.parameters(), strict=True)
     )
 
-    for extra in (["--preset", "tiny"], ["--resume", str(checkpoint_path(base))]):
-        refused = runner.invoke(app, [*common, "--init", str(base), "--out", str(moved), *extra])
-        assert refused.exit_code == 2 and "--init cannot be combined" in refused.output
+    for extra in (["--preset", "tiny"], ["--resume", checkpoint_path(base)]):
+        refused = cvdm(*common, "--init", base, "--out", moved, *extra)
+        assert refused.code == 2 and "--init cannot be combined" in refused.out + refused.err
 
 
 @pytest.mark.parametrize(("val_images", "scored"), [(0, 3), (2, 2)])
