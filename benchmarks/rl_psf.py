@@ -16,14 +16,14 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 
 from cvdm_cli import baselines, metrics
-from cvdm_cli.evaluate import _read_plane
+from cvdm_cli.evaluate import load_params
+from cvdm_cli.tiff import read_single_plane
 
 
 def main() -> None:
@@ -34,7 +34,7 @@ def main() -> None:
     ap.add_argument("--method", default="cvdm_fast", help="cvdm row to compare")
     args = ap.parse_args()
 
-    params = json.loads((args.lr.parent / "params.json").read_text())["pairs"]
+    params = load_params(args.lr.parent, args.hr.parent)  # where cvdm evaluate looks
     rows: dict[str, dict[str, dict[str, str]]] = defaultdict(dict)
     with (args.report / "metrics.csv").open() as f:
         for row in csv.DictReader(f):
@@ -44,8 +44,8 @@ def main() -> None:
 
     def load(stem: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         p = params[stem]
-        bic = baselines.bicubic_upsample(_read_plane(args.lr / f"{stem}.tif"), 2)
-        hr = _read_plane(args.hr / f"{stem}.tif")
+        bic = baselines.bicubic_upsample(read_single_plane(args.lr / f"{stem}.tif"), 2)
+        hr = read_single_plane(args.hr / f"{stem}.tif")
         # priority 3 of psf_from_params: no simulation PSF, the nominal in-focus Gaussian
         psf, _ = baselines.psf_from_params(p, float(p["lr_pixel_nm"]) / 2, scale=2)
         return bic, hr, psf
