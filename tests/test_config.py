@@ -5,7 +5,7 @@ from cvdm_cli import CVDM, ModelConfig
 from cvdm_cli.errors import ConfigError, UnknownPresetError
 
 
-@pytest.mark.parametrize("name", ["tiny", "small", "base"])
+@pytest.mark.parametrize("name", ["tiny", "small", "medium", "base"])
 def test_preset_shapes(name):
     model = CVDM(ModelConfig.preset(name)).eval()
     size = model.pad_multiple * 4
@@ -18,9 +18,12 @@ def test_preset_shapes(name):
 
 
 def test_preset_sizes():
-    counts = {n: CVDM(ModelConfig.preset(n)).n_parameters() for n in ("tiny", "small", "base")}
+    names = ("tiny", "small", "medium", "base")
+    counts = {n: CVDM(ModelConfig.preset(n)).n_parameters() for n in names}
     assert counts["tiny"] < 1_000_000
     assert 2_000_000 <= counts["small"] <= 6_000_000
+    # medium must fit the 25 MB cap of a file shipped in the package, in float32
+    assert counts["small"] < counts["medium"] and counts["medium"] * 4 <= 25e6
     assert 25_000_000 <= counts["base"] <= 36_000_000
 
 
@@ -36,7 +39,7 @@ def test_paper_preset_matches_sr3_size():
 def test_unknown_preset_lists_valid_names():
     with pytest.raises(UnknownPresetError) as err:
         ModelConfig.preset("huge")
-    for name in ("tiny", "small", "base", "paper"):
+    for name in ("tiny", "small", "medium", "base", "paper"):
         assert name in str(err.value)
 
 

@@ -55,7 +55,7 @@ def train(
     ),
     workers: int = typer.Option(1, "--sim-workers", help="Processes for simulation."),
     preset: str | None = typer.Option(
-        None, "--preset", help="Model size: tiny, small, base, paper.  [default: small]"
+        None, "--preset", help="Model size: tiny, small, medium, base, paper.  [default: small]"
     ),
     init: str | None = typer.Option(
         None,
