@@ -588,6 +588,7 @@ def evaluate(
     psf: str | os.PathLike[str] | None = None,
     psf_sigma_nm: float | None = None,
     seed: int = 0,
+    sampler_seed: int | None = None,
     device: str = "cpu",
     progress: ProgressFn | None = None,
 ) -> EvaluationReport:
@@ -610,6 +611,8 @@ def evaluate(
             simulator's PSF from ``params.json`` next to lr/ and hr/; with no PSF at all,
             RL is skipped with a notice.
         seed: validation split and sampler noise (test image i uses seed + i).
+        sampler_seed: sampler noise only (test image i uses sampler_seed + i), so that
+            the same split and baselines can be rescored with other draws; default ``seed``.
         device: where a model loaded from a path goes ("cpu", "cuda", ...).
         progress: called with :class:`ProgressEvent` ("tune-rl", then "evaluate").
     Raises:
@@ -689,7 +692,7 @@ def evaluate(
         reference_samples=reference_samples,
         reference_steps=count_steps("reference", steps, model.config.timesteps),
         rl_iterations=None if missing else (tuning.best if tuning else rl_iterations),
-        seed=seed,
+        seed=seed if sampler_seed is None else sampler_seed,
     )
 
     # --- score every test image ----------------------------------------------------------
@@ -738,6 +741,7 @@ def evaluate(
         "rl_iterations": run.rl_iterations,
         "psf_source": None if missing else psfs.source,
         "seed": seed,
+        "sampler_seed": run.seed,
         "device": str(model.device),
         "input_percentiles": [model.config.norm_low, model.config.norm_high],
         "target_percentiles": [metrics.TARGET_PMIN, metrics.TARGET_PMAX],

@@ -298,6 +298,32 @@ def test_evaluate_without_psf_skips_rl_and_scores_every_pair(
     assert "sigma=90.0nm" in report.settings["psf_source"]
 
 
+def test_sampler_seed_changes_only_the_cvdm_draws(tmp_path: Path, model_path: Path) -> None:
+    from cvdm_cli.evaluate import evaluate
+
+    _write_pairs(tmp_path, n=4)
+    common = dict(samples=2, steps=2, samplers=("fast",), rl_grid=(2,), seed=3)
+
+    def scores(**kw):
+        report = evaluate(model_path, tmp_path / "lr", tmp_path / "hr", **common, **kw)
+        by = {(r["stem"], r["method"]): (r["psnr"], r["ssim"]) for r in report.rows}
+        return report.settings, by
+
+    settings, base = scores()
+    _, same = scores(sampler_seed=3)
+    other_settings, other = scores(sampler_seed=4)
+    assert settings["sampler_seed"] == 3 and other_settings["sampler_seed"] == 4
+    assert same == base  # sampler_seed defaults to seed
+    # same split and baselines, other cvdm draws
+    assert other_settings["validation_stems"] == settings["validation_stems"]
+    assert other.keys() == base.keys()
+    for key, value in base.items():
+        if key[1] == "cvdm_fast":
+            assert other[key] != value
+        else:
+            assert other[key] == value
+
+
 def test_evaluate_rejects_unpaired_and_wrongly_sized_pairs(
     tmp_path: Path, model_path: Path
 ) -> None:
@@ -346,7 +372,11 @@ def test_cli_evaluate_json_and_errors(tmp_path: Path, model_path: Path) -> None:
     assert result.exit_code == 0, result.output
     doc = json.loads(result.stdout)
     assert doc["settings"]["n_scored"] == 3 and doc["settings"]["rl_iterations"] == 3
+    assert doc["settings"]["seed"] == doc["settings"]["sampler_seed"] == 1
     assert set(doc["summary"]) == {"bicubic", "rl", "cvdm_fast"}
+    reseeded = runner.invoke(app, [*args, "--sampler-seed", "9", "--json", "--quiet"])
+    assert reseeded.exit_code == 0, reseeded.output
+    assert json.loads(reseeded.stdout)["settings"]["sampler_seed"] == 9
     assert (tmp_path / "r" / "metrics.csv").is_file()
     report = (tmp_path / "r" / "report.md").read_text()
     assert "2 fast samples x 2 steps." in report and "None" not in report  # no reference run

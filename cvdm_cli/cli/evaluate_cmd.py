@@ -61,6 +61,12 @@ def evaluate(
         0.25, "--val-fraction", help="Share of pairs held out to tune Richardson–Lucy."
     ),
     seed: int = typer.Option(0, "--seed", help="Validation split and sampler noise."),
+    sampler_seed: int | None = typer.Option(
+        None,
+        "--sampler-seed",
+        help="Sampler noise only (same split and baselines; default: --seed): rescore with "
+        "other draws to see how much the cvdm scores move with the samples.",
+    ),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
     threads: ThreadsOpt = None,
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout."),
@@ -99,6 +105,7 @@ def evaluate(
                 psf=psf,
                 psf_sigma_nm=psf_sigma_nm,
                 seed=seed,
+                sampler_seed=sampler_seed,
                 device=str(dev),
                 progress=bar.update,
             )
