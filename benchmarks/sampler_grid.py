@@ -20,9 +20,12 @@ import json
 import numpy as np
 import torch
 
-from cvdm_cli import evaluate as ev
+from cvdm_cli import metrics
 from cvdm_cli import sampler as smp
+from cvdm_cli.evaluate import find_pairs
 from cvdm_cli.normalize import denormalize, percentile_normalize
+from cvdm_cli.tiff import read_single_plane
+from cvdm_cli.weights import load_weights
 
 
 def power_grid(rho: float):
@@ -51,18 +54,22 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    model = ev._load_model(args.model, "cpu")
+    model = load_weights(args.model, device="cpu")
     cfg = model.config
-    pairs = {p.stem: p for p in ev.find_pairs(args.lr, args.hr)}
+    pairs = {p.stem: p for p in find_pairs(args.lr, args.hr)}
     stems = args.pairs.split(",") if args.pairs else sorted(pairs)
-    data = [(s, ev._read_plane(pairs[s].lr), ev._read_plane(pairs[s].hr)) for s in stems]
+
+    def plane(path):  # (H, W) float64, as cvdm evaluate reads it
+        return read_single_plane(path, dtype=np.float64, purpose="evaluation pairs")
+
+    data = [(s, plane(pairs[s].lr), plane(pairs[s].hr)) for s in stems]
     for spec in args.grids.split(","):
         rho, steps = float(spec.split(":")[0]), int(spec.split(":")[1])
         original, patched = power_grid(rho)
         smp.FastSchedule.__init__ = patched
         try:
             scores = []
-            for index, (stem, lr, hr) in enumerate(data):
+            for index, (_, lr, hr) in enumerate(data):
                 x_norm, norm = percentile_normalize(lr, cfg.norm_low, cfg.norm_high)
                 rec = smp.reconstruct(
                     model, x_norm, samples=args.samples, steps=steps, sampler="fast",
@@ -70,8 +77,11 @@ def main() -> None:
                     return_samples=True,
                 )  # fmt: skip
                 samples = denormalize(rec.samples, norm).astype(np.float64)
-                row, _, _ = ev._score_samples(stem, "fast", samples, hr)
-                scores.append((row["psnr"], row["ssim"], row["spearman"]))
+                # as cvdm evaluate: fair scores of the mean, the samples mapped the same way
+                fair = metrics.fair_scores(samples.mean(axis=0), hr)
+                fitted = fair.alpha * samples + fair.beta
+                unc = metrics.uncertainty_scores(fitted, fair.fitted, fair.target).metrics()
+                scores.append((fair.psnr, fair.ssim, unc["spearman"]))
         finally:
             smp.FastSchedule.__init__ = original
         a = np.array(scores)
