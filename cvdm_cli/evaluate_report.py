@@ -188,12 +188,15 @@ class EvaluationReport:
             if st.get("reference_samples")
             else ""
         )
+        seeds = ""
+        if st.get("sampler_seed") is not None and st.get("sampler_seed") != st.get("seed"):
+            seeds = f" (split seed {st.get('seed')}, sampler seed {st.get('sampler_seed')})"
         lines += [
             "",
             f"Scores after the CSBDeep fair comparison (target percentiles 0.1/99.9, "
             f"least-squares scale and offset). cvdm: {st.get('samples')} fast samples x "
-            f"{st.get('steps')} steps{reference}. 'calib.': the coverage a calibrated sampler "
-            "would reach with that many samples.",
+            f"{st.get('steps')} steps{reference}{seeds}. 'calib.': the coverage a calibrated "
+            "sampler would reach with that many samples.",
         ]
         return "\n".join(lines) + "\n"
 

@@ -314,6 +314,13 @@ def test_sampler_seed_changes_only_the_cvdm_draws(tmp_path: Path, model_path: Pa
     other_settings, other = scores(sampler_seed=4)
     assert settings["sampler_seed"] == 3 and other_settings["sampler_seed"] == 4
     assert same == base  # sampler_seed defaults to seed
+    # the report says which draws it shows when they are not the split's seed
+    reseeded = evaluate(model_path, tmp_path / "lr", tmp_path / "hr", **common, sampler_seed=4)
+    assert "(split seed 3, sampler seed 4)" in reseeded.to_markdown()
+    assert (
+        "sampler seed"
+        not in evaluate(model_path, tmp_path / "lr", tmp_path / "hr", **common).to_markdown()
+    )
     # same split and baselines, other cvdm draws
     assert other_settings["validation_stems"] == settings["validation_stems"]
     assert other.keys() == base.keys()
