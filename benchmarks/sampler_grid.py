@@ -20,11 +20,9 @@ import json
 import numpy as np
 import torch
 
-from cvdm_cli import metrics
 from cvdm_cli import sampler as smp
-from cvdm_cli.evaluate import find_pairs
+from cvdm_cli.evaluate import find_pairs, read_plane, score_samples
 from cvdm_cli.normalize import denormalize, percentile_normalize
-from cvdm_cli.tiff import read_single_plane
 from cvdm_cli.weights import load_weights
 
 
@@ -58,18 +56,14 @@ def main() -> None:
     cfg = model.config
     pairs = {p.stem: p for p in find_pairs(args.lr, args.hr)}
     stems = args.pairs.split(",") if args.pairs else sorted(pairs)
-
-    def plane(path):  # (H, W) float64, as cvdm evaluate reads it
-        return read_single_plane(path, dtype=np.float64, purpose="evaluation pairs")
-
-    data = [(s, plane(pairs[s].lr), plane(pairs[s].hr)) for s in stems]
+    data = [(s, read_plane(pairs[s].lr), read_plane(pairs[s].hr)) for s in stems]
     for spec in args.grids.split(","):
         rho, steps = float(spec.split(":")[0]), int(spec.split(":")[1])
         original, patched = power_grid(rho)
         smp.FastSchedule.__init__ = patched
         try:
             scores = []
-            for index, (_, lr, hr) in enumerate(data):
+            for index, (stem, lr, hr) in enumerate(data):
                 x_norm, norm = percentile_normalize(lr, cfg.norm_low, cfg.norm_high)
                 rec = smp.reconstruct(
                     model, x_norm, samples=args.samples, steps=steps, sampler="fast",
@@ -77,11 +71,8 @@ def main() -> None:
                     return_samples=True,
                 )  # fmt: skip
                 samples = denormalize(rec.samples, norm).astype(np.float64)
-                # as cvdm evaluate: fair scores of the mean, the samples mapped the same way
-                fair = metrics.fair_scores(samples.mean(axis=0), hr)
-                fitted = fair.alpha * samples + fair.beta
-                unc = metrics.uncertainty_scores(fitted, fair.fitted, fair.target).metrics()
-                scores.append((fair.psnr, fair.ssim, unc["spearman"]))
+                row, _, _ = score_samples(stem, "fast", samples, hr)  # as cvdm evaluate
+                scores.append((row["psnr"], row["ssim"], row["spearman"]))
         finally:
             smp.FastSchedule.__init__ = original
         a = np.array(scores)

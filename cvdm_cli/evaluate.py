@@ -74,6 +74,8 @@ __all__ = [
     "evaluate",
     "find_pairs",
     "load_params",
+    "read_plane",
+    "score_samples",
 ]
 
 TIFF_SUFFIXES = (".tif", ".tiff")
@@ -180,7 +182,7 @@ def load_params(*folders: str | os.PathLike[str]) -> dict[str, dict[str, Any]]:
     return {}
 
 
-def _read_plane(path: Path) -> np.ndarray:
+def read_plane(path: Path) -> np.ndarray:
     """The single YX plane of a TIFF as float64 (H, W)."""
     from cvdm_cli.tiff import read_single_plane
 
@@ -477,7 +479,7 @@ def _sample(
     return denormalize(rec.samples, norm).astype(np.float64), seconds
 
 
-def _score_samples(
+def score_samples(
     stem: str, method: str, s: np.ndarray, hr: np.ndarray, **extra: Any
 ) -> tuple[dict[str, Any], metrics.FairScores, np.ndarray | None]:
     """Row for the sample mean (fair scores; uncertainty scores when K >= 2), and the std.
@@ -535,13 +537,13 @@ def _score_pair(
 
         s, seconds = _sample(run, x_norm, norm, sampler, run.seed + index, on_progress)
         progress.done += s.shape[0] * n_steps
-        row, fair, std = _score_samples(stem, method, s, hr, steps=n_steps, seconds=seconds)
+        row, fair, std = score_samples(stem, method, s, hr, steps=n_steps, seconds=seconds)
         rows.append(row)
         if sampler == "fast":
             fair_cvdm, std_cvdm = fair, std
             k = run.reference_samples
             if "reference" in run.samplers and k < run.samples:  # fast at equal sample count
-                sub, _, _ = _score_samples(
+                sub, _, _ = score_samples(
                     stem, f"{FAST}_k{k}", s[:k], hr, steps=n_steps,
                     seconds=seconds * k / run.samples,
                 )  # fmt: skip
@@ -639,7 +641,7 @@ def evaluate(
     notices: list[str] = []
 
     def load(pair: ImagePair) -> tuple[np.ndarray, np.ndarray]:
-        lr, hr = _read_plane(pair.lr), _read_plane(pair.hr)
+        lr, hr = read_plane(pair.lr), read_plane(pair.hr)
         if hr.shape != (scale * lr.shape[0], scale * lr.shape[1]):
             raise DataError(
                 f"HR is {hr.shape[0]}x{hr.shape[1]} but must be exactly {scale}x the LR "
