@@ -62,6 +62,7 @@ from cvdm_cli.evaluate_report import (
     write_reports,
 )
 from cvdm_cli.normalize import NormParams, denormalize, percentile_normalize
+from cvdm_cli.views import TTA_DEFAULT
 
 if TYPE_CHECKING:  # pragma: no cover
     from cvdm_cli.model import CVDM
@@ -428,6 +429,7 @@ class _Run:
     reference_steps: int
     rl_iterations: int | None
     seed: int
+    tta: bool
 
     def calls(self, with_reference: bool) -> int:
         """Denoiser passes (image-samples x steps) for one image."""
@@ -472,6 +474,7 @@ def _sample(
         generator=torch.Generator().manual_seed(seed),
         callback=on_progress,
         return_samples=True,
+        tta=run.tta,
     )
     seconds = time.perf_counter() - t0
     if rec.samples is None:  # pragma: no cover - reconstruct honours return_samples
@@ -591,6 +594,7 @@ def evaluate(
     psf_sigma_nm: float | None = None,
     seed: int = 0,
     sampler_seed: int | None = None,
+    tta: bool = TTA_DEFAULT,
     device: str = "cpu",
     progress: ProgressFn | None = None,
 ) -> EvaluationReport:
@@ -615,6 +619,8 @@ def evaluate(
         seed: validation split and sampler noise (test image i uses seed + i).
         sampler_seed: sampler noise only (test image i uses sampler_seed + i), so that
             the same split and baselines can be rescored with other draws; default ``seed``.
+        tta: draw sample k from view k % 8 of the input (flips and quarter turns,
+            :mod:`cvdm_cli.views`), as ``cvdm enhance`` does by default.
         device: where a model loaded from a path goes ("cpu", "cuda", ...).
         progress: called with :class:`ProgressEvent` ("tune-rl", then "evaluate").
     Raises:
@@ -695,6 +701,7 @@ def evaluate(
         reference_steps=count_steps("reference", steps, model.config.timesteps),
         rl_iterations=None if missing else (tuning.best if tuning else rl_iterations),
         seed=seed if sampler_seed is None else sampler_seed,
+        tta=tta,
     )
 
     # --- score every test image ----------------------------------------------------------
@@ -744,6 +751,7 @@ def evaluate(
         "psf_source": None if missing else psfs.source,
         "seed": seed,
         "sampler_seed": run.seed,
+        "tta": tta,
         "device": str(model.device),
         "input_percentiles": [model.config.norm_low, model.config.norm_high],
         "target_percentiles": [metrics.TARGET_PMIN, metrics.TARGET_PMAX],

@@ -191,11 +191,16 @@ class EvaluationReport:
         seeds = ""
         if st.get("sampler_seed") is not None and st.get("sampler_seed") != st.get("seed"):
             seeds = f" (split seed {st.get('seed')}, sampler seed {st.get('sampler_seed')})"
+        tta = (
+            " Sample k is drawn from flip/rotation k mod 8 of the input (TTA)."
+            if st.get("tta")
+            else ""
+        )
         lines += [
             "",
             f"Scores after the CSBDeep fair comparison (target percentiles 0.1/99.9, "
             f"least-squares scale and offset). cvdm: {st.get('samples')} fast samples x "
-            f"{st.get('steps')} steps{reference}{seeds}. 'calib.': the coverage a calibrated "
+            f"{st.get('steps')} steps{reference}{seeds}.{tta} 'calib.': the coverage a calibrated "
             "sampler would reach with that many samples.",
         ]
         return "\n".join(lines) + "\n"

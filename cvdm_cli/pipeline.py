@@ -55,6 +55,7 @@ from cvdm_cli.normalize import (
 from cvdm_cli.sampler import SAMPLERS, auto_batch_size, count_steps
 from cvdm_cli.tiff import OutputTiff, TiffInput, open_tiff, output_spec, with_samples_axis
 from cvdm_cli.tiled import TILINGS, plan_for, reconstruct_plane
+from cvdm_cli.views import TTA_DEFAULT
 
 __all__ = [
     "DEFAULT_GLOBS",
@@ -121,6 +122,7 @@ class EnhanceSettings:
     batch_size: int | None = None
     precision: str = "fp32"
     seed: int = 0
+    tta: bool = TTA_DEFAULT
     eta: float | None = None
     axes: str | None = None
     replace_nan: bool = False
@@ -644,6 +646,7 @@ def _sample_with_fallback(
                 steps=current.steps,
                 sampler=current.sampler,
                 seed=current.seed,
+                tta=current.tta,
                 plane_index=index,
                 batch_size=current.batch_size,
                 precision=current.precision,

@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from cvdm_cli import views
 from cvdm_cli.diffusion import gamma_map
 from cvdm_cli.errors import ConfigError
 from cvdm_cli.model import CVDM
@@ -279,6 +280,7 @@ def reconstruct(
     eta: float | None = None,
     precision: str = "fp32",
     clip: float | None = 4.0,
+    tta: bool = False,
 ) -> Reconstruction:
     """Sample the model ``samples`` times per image; return mean and variance.
 
@@ -286,61 +288,76 @@ def reconstruct(
     Outputs are on the (scale*h, scale*w) grid. Memory does not grow with ``samples``
     (streaming Welford) unless ``return_samples``. ``batch_size`` counts image-samples per
     denoiser call. ``callback(done, total)`` after each call, in image-sample passes.
+    ``tta``: sample k is drawn from view k % 8 of the input and mapped back
+    (:mod:`cvdm_cli.views`); the same number of denoiser passes.
     """
     if samples < 1:
         raise ConfigError(f"samples must be >= 1, got {samples}")
     model.eval()
     device = model.device
     lr, squeeze = _as_batch(lowres, device)
-    x_full = model.condition(lr)
-    x, (h, w) = pad_to_multiple(x_full, model.pad_multiple)
-    n_img = x.shape[0]
-    lam = model.lam(x)  # once per image (N,1,H,W), shared by its samples
-
+    h, w = model.config.scale * lr.shape[-2], model.config.scale * lr.shape[-1]
+    n_img = lr.shape[0]
     items = [(i, k) for i in range(n_img) for k in range(samples)]  # image-major order
-    noise = NoiseSource(item_seeds(generator, len(items)))
-    bs = batch_size or auto_batch_size(x.shape[-1] * x.shape[-2], device)
-    n_steps = make_schedule(model, lam[:1], sampler, steps).n_steps
+    noise = NoiseSource(item_seeds(generator, len(items)))  # seeds do not depend on views
+    # condition and lambda(x) once per image and view, shared by that view's samples
+    used = sorted({views.view_of(k, tta) for k in range(samples)})
+    xs, lams = {}, {}
+    for v in used:
+        xs[v], _ = pad_to_multiple(model.condition(views.forward(lr, v)), model.pad_multiple)
+        lams[v] = model.lam(xs[v])
+    bs = batch_size or auto_batch_size(xs[0].shape[-1] * xs[0].shape[-2], device)
+    n_steps = make_schedule(model, lams[0][:1], sampler, steps).n_steps
     total, done = len(items) * n_steps, 0
     eta_value = (DEFAULT_FAST_ETA if sampler == "fast" else 1.0) if eta is None else eta
 
     count = np.zeros(n_img, dtype=np.int64)
-    mean = torch.zeros_like(x[:, :, :h, :w])
+    mean = torch.zeros((n_img, 1, h, w), device=device)
     m2 = torch.zeros_like(mean)
     kept = torch.zeros((samples, n_img, 1, h, w)) if return_samples else None
 
-    for start in range(0, len(items), bs):
-        chunk = list(range(start, min(start + bs, len(items))))
-        img_idx = torch.tensor([items[j][0] for j in chunk], device=device)
-        x_b, lam_b = x[img_idx], lam[img_idx]
-        schedule = make_schedule(model, lam_b, sampler, steps)
-        shape = tuple(x_b.shape[1:])
-        z = noise.draw(chunk, shape, device)
+    # items whose views have the same padded shape share batches (all of them when h == w)
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for j, (_, k) in enumerate(items):
+        groups.setdefault(tuple(xs[views.view_of(k, tta)].shape[-2:]), []).append(j)
+    for members in groups.values():
+        for start in range(0, len(members), bs):
+            chunk = members[start : start + bs]
+            # (image, view) of each item in the chunk
+            keys = [(items[j][0], views.view_of(items[j][1], tta)) for j in chunk]
+            x_b = torch.stack([xs[v][i] for i, v in keys])
+            lam_b = torch.stack([lams[v][i] for i, v in keys])
+            schedule = make_schedule(model, lam_b, sampler, steps)
+            shape = tuple(x_b.shape[1:])
+            z = noise.draw(chunk, shape, device)
 
-        def on_step(n_items: int = len(chunk)) -> None:
-            nonlocal done
-            done += n_items
-            if callback is not None:
-                callback(done, total)
+            def on_step(n_items: int = len(chunk)) -> None:
+                nonlocal done
+                done += n_items
+                if callback is not None:
+                    callback(done, total)
 
-        r = run_steps(
-            make_eps_fn(model, x_b, precision),
-            schedule,
-            z,
-            eta=eta_value,
-            noise=lambda c=chunk, s=shape: noise.draw(c, s, device),
-            clip=clip,
-            on_step=on_step,
-        )
-        y = (x_b + r)[:, :, :h, :w]
-        for row, j in enumerate(chunk):  # Welford, one sample at a time
-            i, k = items[j]
-            count[i] += 1
-            delta = y[row] - mean[i]
-            mean[i] += delta / count[i]
-            m2[i] += delta * (y[row] - mean[i])
-            if kept is not None:
-                kept[k, i] = y[row].cpu()
+            r = run_steps(
+                make_eps_fn(model, x_b, precision),
+                schedule,
+                z,
+                eta=eta_value,
+                noise=lambda c=chunk, s=shape: noise.draw(c, s, device),
+                clip=clip,
+                on_step=on_step,
+            )
+            y_b = x_b + r
+            for row, j in enumerate(chunk):  # Welford, one sample at a time
+                i, k = items[j]
+                v = keys[row][1]
+                vh, vw = views.view_shape((h, w), v)
+                y = views.inverse(y_b[row, :, :vh, :vw], v)
+                count[i] += 1
+                delta = y - mean[i]
+                mean[i] += delta / count[i]
+                m2[i] += delta * (y - mean[i])
+                if kept is not None:
+                    kept[k, i] = y.cpu()
 
     var = m2 / max(samples - 1, 1)
     out_mean, out_var = mean.cpu().numpy(), var.cpu().numpy()

@@ -14,6 +14,11 @@ margin, so the bicubic condition of a tile equals the whole plane's). Per plane:
    keeps unit variance (averaging independent per-tile noise would shrink it);
 3. mean and variance over samples by Welford, in chunks of samples.
 
+With ``tta`` sample k is drawn from view k % 8 of the plane (:mod:`cvdm_cli.views`): the
+views of one shape share a tile plan, their per-tile maps are computed per view, as many
+views at once as fill a batch with tiles, and each finished sample is mapped back before
+step 3.
+
 Noise depends on (seed, plane index, tile position, sample) only, never on the batch
 size, tile order or device count.
 """
@@ -26,6 +31,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from cvdm_cli import views
 from cvdm_cli.errors import ConfigError
 from cvdm_cli.model import CVDM
 from cvdm_cli.sampler import (
@@ -101,34 +107,41 @@ def plan_for(model: CVDM, lr_shape: tuple[int, int], tile: int | None, overlap: 
 
 
 class _PlaneTiles:
-    """Per-tile conditions and lambda maps of one plane, plus blending helpers (torch)."""
+    """Per-tile conditions and lambda maps of one or more views of a plane (all of one
+    shape, so they share ``plan``), plus blending helpers (torch).
 
-    def __init__(self, model: CVDM, lowres: np.ndarray, plan: TilePlan, batch: int) -> None:
+    x, lam: (n_views * n_tiles, 1, th, tw); row ``slot * n_tiles + t`` is tile t of the
+    view in slot ``slot`` (the order of ``planes``).
+    """
+
+    def __init__(self, model: CVDM, planes: list[np.ndarray], plan: TilePlan, batch: int) -> None:
         device = model.device
         self.plan = plan
-        padded = plan.pad_lr(np.asarray(lowres, dtype=np.float32))
-        windows = np.stack([plan.cut_lr(padded, t) for t in plan.tiles])[:, None]
+        self.n_tiles = len(plan.tiles)
+        windows = np.concatenate(
+            [
+                np.stack(
+                    [plan.cut_lr(plan.pad_lr(np.asarray(p, np.float32)), t) for t in plan.tiles]
+                )
+                for p in planes
+            ]
+        )[:, None]
         xs, lams = [], []
-        for start in range(0, len(plan.tiles), batch):
+        for start in range(0, len(windows), batch):
             win = torch.from_numpy(windows[start : start + batch]).to(device)
             up = model.condition(win)
-            x = torch.stack(
-                [
-                    up[
-                        i,
-                        :,
-                        plan.tiles[start + i].crop_slices[0],
-                        plan.tiles[start + i].crop_slices[1],
-                    ]
-                    for i in range(up.shape[0])
-                ]
-            )
+            crops = [plan.tiles[(start + i) % self.n_tiles].crop_slices for i in range(len(up))]
+            x = torch.stack([up[i, :, sy, sx] for i, (sy, sx) in enumerate(crops)])
             xs.append(x)
-            lams.append(model.lam(x))  # once per tile, shared by all samples and steps
-        self.x = torch.cat(xs)  # (n_tiles, 1, th, tw)
+            lams.append(model.lam(x))  # once per tile and view, shared by samples and steps
+        self.x = torch.cat(xs)
         self.lam = torch.cat(lams)
         self.w = torch.from_numpy(tile_weights(plan))[:, None].to(device)  # (n,1,th,tw)
         self.wsum = torch.from_numpy(weight_sum(plan))[None, None].to(device)
+
+    def rows(self, slot: int) -> slice:
+        """Rows of x / lam holding the tiles of the view in ``slot``."""
+        return slice(slot * self.n_tiles, (slot + 1) * self.n_tiles)
 
     def blend(self, values: Tensor) -> Tensor:
         """(n_tiles, C, th, tw) -> (C, Hp, Wp) tapered weighted mean on the padded plane."""
@@ -177,12 +190,14 @@ def reconstruct_plane(
     clip: float | None = 4.0,
     callback: ProgressCallback | None = None,
     return_samples: bool = False,
+    tta: bool = False,
 ) -> PlaneReconstruction:
     """Sample one normalised plane (h, w) in tiles; outputs on the (scale*h, scale*w) grid.
 
     tile/overlap in output pixels (tile=None: the whole plane at once). ``batch_size``
     counts tile-samples per denoiser call (default from the device). ``callback(done,
-    total)`` in tile-sample passes.
+    total)`` in tile-sample passes. ``tta``: sample k is drawn from view k % 8 of the plane
+    (:mod:`cvdm_cli.views`) and mapped back; the noise of sample k does not depend on it.
     """
     if tiling not in TILINGS:
         raise ConfigError(
@@ -194,32 +209,52 @@ def reconstruct_plane(
     lowres = np.asarray(lowres, dtype=np.float32)
     if lowres.ndim != 2:
         raise ConfigError(f"a plane must be 2D, got shape {lowres.shape}")
-    plan = plan_for(model, lowres.shape, tile, overlap)
-    th, tw = plan.tile_shape
+    # views of one shape share a tile plan: one group, or two for a non-square plane
+    groups: dict[tuple[int, int], list[int]] = {}
+    for v in sorted({views.view_of(k, tta) for k in range(samples)}):
+        groups.setdefault(views.view_shape(lowres.shape, v), []).append(v)
+    plans = {shape: plan_for(model, shape, tile, overlap) for shape in groups}
+    plan0 = plans[lowres.shape]
+    th, tw = plan0.tile_shape
     bs = batch_size or auto_batch_size(th * tw, model.device)
-    tiles = _PlaneTiles(model, lowres, plan, bs)
     eta_value = (DEFAULT_FAST_ETA if sampler == "fast" else 1.0) if eta is None else eta
-    n_steps = make_schedule(model, tiles.lam[:1], sampler, steps).n_steps
-    progress = _Progress(callback, samples * len(plan.tiles) * n_steps)
+    n_steps = make_schedule(model, torch.zeros(1, 1, 1, 1), sampler, steps).n_steps
+    tiles_of_sample = [len(plans[views.view_shape(lowres.shape, views.view_of(k, tta))].tiles)
+                       for k in range(samples)]  # fmt: skip
+    progress = _Progress(callback, sum(tiles_of_sample) * n_steps)
     spec = _Spec(sampler, steps, seed, plane_index, bs, precision, eta_value, clip)
+    run = _sample_sync if tiling == "sync" else _sample_independent
 
     stats = _Welford()
-    kept: list[Tensor] = []
-    for k0 in range(0, samples, SAMPLE_CHUNK):
-        ks = list(range(k0, min(k0 + SAMPLE_CHUNK, samples)))
-        run = _sample_sync if tiling == "sync" else _sample_independent
-        planes = run(model, tiles, ks, spec, progress)  # (len(ks), Hp, Wp)
-        for plane in planes:
-            y = tiles.crop(plane)
-            stats.add(y)
-            if return_samples:
-                kept.append(y.cpu())
-    difficulty = tiles.crop(tiles.blend(tiles.lam))[0]
+    kept: dict[int, Tensor] = {}
+    difficulty = None
+    for shape, shape_views in groups.items():
+        plan = plans[shape]
+        # views sampled together: enough to fill a batch with their tiles, no more (the
+        # per-tile maps of every view in a set are held at once)
+        per_set = max(1, bs // len(plan.tiles))
+        for v0 in range(0, len(shape_views), per_set):
+            view_set = shape_views[v0 : v0 + per_set]
+            tiles = _PlaneTiles(model, [views.forward(lowres, v) for v in view_set], plan, bs)
+            if 0 in view_set:
+                rows = tiles.rows(view_set.index(0))
+                difficulty = tiles.crop(tiles.blend(tiles.lam[rows]))[0]
+            ks_all = [k for k in range(samples) if views.view_of(k, tta) in view_set]
+            for c0 in range(0, len(ks_all), SAMPLE_CHUNK):
+                ks = ks_all[c0 : c0 + SAMPLE_CHUNK]
+                slots = [view_set.index(views.view_of(k, tta)) for k in ks]
+                planes = run(model, tiles, ks, slots, spec, progress)  # (len(ks), Hp, Wp)
+                for k, slot, plane in zip(ks, slots, planes, strict=True):
+                    y = views.inverse(tiles.crop(plane), view_set[slot])
+                    stats.add(y)
+                    if return_samples:
+                        kept[k] = y.cpu()
+    assert difficulty is not None  # view 0 (sample 0) is always drawn
     return PlaneReconstruction(
         mean=stats.mean.cpu().numpy().astype(np.float32),
         var=stats.variance().cpu().numpy().astype(np.float32),
         difficulty=difficulty.cpu().numpy().astype(np.float32),
-        samples=torch.stack(kept).numpy() if return_samples else None,
+        samples=torch.stack([kept[k] for k in range(samples)]).numpy() if return_samples else None,
     )
 
 
@@ -247,41 +282,60 @@ class _Progress:
             self.callback(self.done, self.total)
 
 
+def _per_sample(tiles: _PlaneTiles, values: Tensor, slots: list[int]) -> Tensor:
+    """Blend the per-tile ``values`` (x or lam) of each sample's view: (K or 1, 1, Hp, Wp).
+
+    One view: a single plane that broadcasts over the samples."""
+    unique = sorted(set(slots))
+    planes = {s: tiles.blend(values[tiles.rows(s)]) for s in unique}
+    if len(unique) == 1:
+        return planes[unique[0]][None]
+    return torch.stack([planes[s] for s in slots])
+
+
 def _sample_sync(
-    model: CVDM, tiles: _PlaneTiles, ks: list[int], spec: _Spec, progress: _Progress
+    model: CVDM,
+    tiles: _PlaneTiles,
+    ks: list[int],
+    slots: list[int],
+    spec: _Spec,
+    progress: _Progress,
 ) -> Tensor:
-    """MultiDiffusion: one latent per sample on the padded plane; returns (K, Hp, Wp)."""
+    """MultiDiffusion: one latent per sample on the padded plane; returns (K, Hp, Wp).
+
+    Sample ks[i] is drawn from the view in slot slots[i] of ``tiles``."""
     sampler, steps, seed, plane_index = spec.sampler, spec.steps, spec.seed, spec.plane_index
     batch, precision, eta, clip = spec.batch, spec.precision, spec.eta, spec.clip
     device = model.device
     plan = tiles.plan
-    lam_plane = tiles.blend(tiles.lam)[None]  # (1,1,Hp,Wp)
-    x_plane = tiles.blend(tiles.x)[None]
+    lam_plane = _per_sample(tiles, tiles.lam, slots)  # (K or 1, 1, Hp, Wp)
+    x_plane = _per_sample(tiles, tiles.x, slots)
     schedule = make_schedule(model, lam_plane, sampler, steps)
     noise = NoiseSource([_sample_seed(seed, plane_index, -1 & 0xFFFFFFFF, k) for k in ks])
     items = list(range(len(ks)))
     shape = (1, *plan.padded_out_shape)
-    n_tiles = len(plan.tiles)
+    n_tiles = tiles.n_tiles
     pairs = [(k, t) for k in range(len(ks)) for t in range(n_tiles)]
 
     def eps_fn(z: Tensor, gamma: Tensor) -> Tensor:
         # Cut every (sample, tile), denoise in batches, blend back into one plane eps.
         acc = torch.zeros_like(z)
-        g_tiles = torch.stack([gamma[0, :, t.out_slices[0], t.out_slices[1]] for t in plan.tiles])
         for start in range(0, len(pairs), batch):
             chunk = pairs[start : start + batch]
+            cuts = [plan.tiles[t].out_slices for _, t in chunk]
             z_b = torch.stack(
-                [
-                    z[k, :, plan.tiles[t].out_slices[0], plan.tiles[t].out_slices[1]]
-                    for k, t in chunk
-                ]
+                [z[k, :, sy, sx] for (k, _), (sy, sx) in zip(chunk, cuts, strict=True)]
             )
-            t_idx = torch.tensor([t for _, t in chunk], device=device)
+            g_b = torch.stack(
+                [gamma[min(k, gamma.shape[0] - 1), :, sy, sx]
+                 for (k, _), (sy, sx) in zip(chunk, cuts, strict=True)]
+            )  # fmt: skip
+            rows = torch.tensor([slots[k] * n_tiles + t for k, t in chunk], device=device)
             with autocast_context(device, precision):
-                eps_b = model.eps(z_b, tiles.x[t_idx], g_tiles[t_idx]).float()
+                eps_b = model.eps(z_b, tiles.x[rows], g_b).float()
             for row, (k, t) in enumerate(chunk):
-                sl = plan.tiles[t].out_slices
-                acc[k, :, sl[0], sl[1]] += eps_b[row] * tiles.w[t]
+                sy, sx = cuts[row]
+                acc[k, :, sy, sx] += eps_b[row] * tiles.w[t]
             progress.add(len(chunk))
         return acc / tiles.wsum
 
@@ -293,14 +347,21 @@ def _sample_sync(
 
 
 def _sample_independent(
-    model: CVDM, tiles: _PlaneTiles, ks: list[int], spec: _Spec, progress: _Progress
+    model: CVDM,
+    tiles: _PlaneTiles,
+    ks: list[int],
+    slots: list[int],
+    spec: _Spec,
+    progress: _Progress,
 ) -> Tensor:
-    """Each (tile, sample) on its own trajectory, blended per sample: (K, Hp, Wp)."""
+    """Each (tile, sample) on its own trajectory, blended per sample: (K, Hp, Wp).
+
+    Sample ks[i] is drawn from the view in slot slots[i] of ``tiles``."""
     sampler, steps, seed, plane_index = spec.sampler, spec.steps, spec.seed, spec.plane_index
     batch, precision, eta, clip = spec.batch, spec.precision, spec.eta, spec.clip
     device = model.device
     plan = tiles.plan
-    items = [(k, t) for k in range(len(ks)) for t in range(len(plan.tiles))]
+    items = [(k, t) for k in range(len(ks)) for t in range(tiles.n_tiles)]
     noise = NoiseSource(
         [
             _sample_seed(seed, plane_index, tile_seed(seed, plane_index, plan.tiles[t]), ks[k])
@@ -311,8 +372,10 @@ def _sample_independent(
     shape = (1, *plan.tile_shape)
     for start in range(0, len(items), batch):
         chunk = list(range(start, min(start + batch, len(items))))
-        t_idx = torch.tensor([items[j][1] for j in chunk], device=device)
-        x_b, lam_b = tiles.x[t_idx], tiles.lam[t_idx]
+        rows = torch.tensor(
+            [slots[items[j][0]] * tiles.n_tiles + items[j][1] for j in chunk], device=device
+        )
+        x_b, lam_b = tiles.x[rows], tiles.lam[rows]
         schedule = make_schedule(model, lam_b, sampler, steps)
         z = noise.draw(chunk, shape, device)
         r = run_steps(
@@ -344,7 +407,7 @@ def schedule_map_plane(
     with torch.inference_mode():
         plan = plan_for(model, np.asarray(lowres).shape, tile, overlap)
         bs = batch_size or auto_batch_size(plan.tile_shape[0] * plan.tile_shape[1], model.device)
-        tiles = _PlaneTiles(model, lowres, plan, bs)
+        tiles = _PlaneTiles(model, [np.asarray(lowres, np.float32)], plan, bs)
         return tiles.crop(tiles.blend(tiles.lam))[0].cpu().numpy().astype(np.float32)
 
 

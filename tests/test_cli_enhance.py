@@ -211,6 +211,18 @@ def test_same_seed_same_files_other_seed_differs(tmp_path, tiny_weights):
     ).read_bytes()
 
 
+def test_tta_flag_changes_the_draws_and_is_deterministic(tmp_path, tiny_weights):
+    src = write(tmp_path / "in" / "a.tif", (12, 10), "YX")
+    outs = {}
+    for name, flag in (("tta", "--tta"), ("tta2", "--tta"), ("plain", "--no-tta")):
+        r = cvdm("enhance", src, "-o", tmp_path / name, "-m", tiny_weights, *FAST, flag, "-q")
+        assert r.code == 0, r.err
+        outs[name] = tifffile.imread(tmp_path / name / "a_cvdm.tif")
+        assert outs[name].shape == (24, 20)
+    np.testing.assert_array_equal(outs["tta"], outs["tta2"])
+    assert not np.array_equal(outs["tta"], outs["plain"])
+
+
 # --- uncertainty ----------------------------------------------------------------------
 
 

@@ -210,7 +210,9 @@ def test_evaluate_end_to_end_numbers_and_files(tmp_path: Path, model_path: Path)
         assert by["bicubic"]["spearman"] == ""  # no uncertainty for a baseline
         x, norm = percentile_normalize(lr, 1.0, 99.8)
         gen = torch.Generator().manual_seed(7 + index)
-        rec = reconstruct(model, x, samples=3, steps=3, generator=gen, return_samples=True)
+        rec = reconstruct(
+            model, x, samples=3, steps=3, generator=gen, return_samples=True, tta=True
+        )
         s = denormalize(rec.samples, norm).astype(np.float64)
         fair = metrics.fair_scores(s.mean(axis=0), hr)
         unc = metrics.uncertainty_scores(fair.alpha * s + fair.beta, fair.fitted, fair.target)
@@ -384,9 +386,14 @@ def test_cli_evaluate_json_and_errors(tmp_path: Path, model_path: Path) -> None:
     reseeded = runner.invoke(app, [*args, "--sampler-seed", "9", "--json", "--quiet"])
     assert reseeded.exit_code == 0, reseeded.output
     assert json.loads(reseeded.stdout)["settings"]["sampler_seed"] == 9
+    for flag, value in (("--tta", True), ("--no-tta", False)):
+        flagged = runner.invoke(app, [*args, flag, "--json", "--quiet"])
+        assert flagged.exit_code == 0, flagged.output
+        assert json.loads(flagged.stdout)["settings"]["tta"] is value
     assert (tmp_path / "r" / "metrics.csv").is_file()
     report = (tmp_path / "r" / "report.md").read_text()
-    assert "2 fast samples x 2 steps." in report and "None" not in report  # no reference run
+    assert "2 fast samples x 2 steps. Sample k is drawn from flip" in report
+    assert "None" not in report  # no reference run
     # the same run again refuses to overwrite (one red line, the table's exit code)
     again = runner.invoke(app, [*args, "--out", str(tmp_path / "r")])
     assert again.exit_code == exit_code_for(OutputExistsError("x")) != 0
@@ -397,3 +404,26 @@ def test_cli_evaluate_json_and_errors(tmp_path: Path, model_path: Path) -> None:
     assert "cvdm_fast" in table.stdout and "PSNR" in table.stdout
     missing = runner.invoke(app, [*args[:3], "--lr", str(tmp_path / "nope"), *args[5:]])
     assert missing.exit_code == EXIT_USAGE and "folder not found" in missing.stderr
+
+
+def test_tta_changes_only_the_cvdm_draws_and_is_reported(tmp_path: Path, model_path: Path) -> None:
+    from cvdm_cli.evaluate import evaluate
+
+    _write_pairs(tmp_path, n=3)
+    common = dict(samples=2, steps=2, samplers=("fast",), rl_iterations=2, seed=3)
+
+    def run(tta: bool):
+        report = evaluate(model_path, tmp_path / "lr", tmp_path / "hr", **common, tta=tta)
+        by = {(r["stem"], r["method"]): (r["psnr"], r["ssim"]) for r in report.rows}
+        return report, by
+
+    plain, plain_scores = run(False)
+    tta, tta_scores = run(True)
+    assert plain.settings["tta"] is False and tta.settings["tta"] is True
+    assert "(TTA)" in tta.to_markdown() and "(TTA)" not in plain.to_markdown()
+    assert plain_scores.keys() == tta_scores.keys()
+    for key, value in plain_scores.items():
+        if key[1] == "cvdm_fast":
+            assert tta_scores[key] != value  # sample 1 comes from a quarter turn
+        else:
+            assert tta_scores[key] == value

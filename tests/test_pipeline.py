@@ -170,7 +170,9 @@ def test_process_plane_is_pure_picklable_and_in_input_units(tmp_path, ref):
         seed=0,
         plane_index=1,
         return_samples=True,
+        tta=settings.tta,
     )
+    assert settings.tta  # the default: sample k from view k % 8
     half = (p.high - p.low) / 2
     np.testing.assert_allclose(a.mean, rec.mean * half + (p.high + p.low) / 2, rtol=1e-5)
     np.testing.assert_allclose(a.spread, rec.var * half**2, rtol=1e-5)

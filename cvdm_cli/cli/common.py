@@ -243,6 +243,14 @@ PrecisionOpt = Annotated[
         help="auto = bf16 on CUDA devices that support it, fp32 otherwise.",
     ),
 ]
+TtaOpt = Annotated[
+    bool,
+    typer.Option(
+        "--tta/--no-tta",
+        help="Draw sample k from flip/rotation k % 8 of the input and map it back (test-time "
+        "augmentation: the same number of denoiser passes; see docs/sampling.md).",
+    ),
+]
 SeedOpt = Annotated[
     int, typer.Option("--seed", help="Random seed: same seed and settings -> same output.")
 ]

@@ -63,6 +63,7 @@ from cvdm_cli.cli.common import (
     TileOpt,
     TilingChoice,
     TilingOpt,
+    TtaOpt,
     WorkersOpt,
     apply_threads,
     debug_enabled,
@@ -70,6 +71,7 @@ from cvdm_cli.cli.common import (
     stderr,
     stdout,
 )
+from cvdm_cli.views import TTA_DEFAULT
 
 if TYPE_CHECKING:  # pragma: no cover
     from cvdm_cli.pipeline import BatchResult, FileJob, FileResult, Reporter
@@ -98,6 +100,7 @@ def enhance(
     precision: PrecisionOpt = PrecisionChoice.auto,
     threads: ThreadsOpt = None,
     seed: SeedOpt = 0,
+    tta: TtaOpt = TTA_DEFAULT,
     axes: AxesOpt = None,
     std: StdOpt = False,
     difficulty: Annotated[
@@ -147,6 +150,7 @@ def uncertainty(
     precision: PrecisionOpt = PrecisionChoice.auto,
     threads: ThreadsOpt = None,
     seed: SeedOpt = 0,
+    tta: TtaOpt = TTA_DEFAULT,
     axes: AxesOpt = None,
     std: StdOpt = False,
     difficulty: Annotated[
@@ -219,6 +223,7 @@ def _run(
     precision: PrecisionChoice,
     threads: int | None,
     seed: int,
+    tta: bool,
     axes: str | None,
     std: bool,
     difficulty: bool,
@@ -252,6 +257,7 @@ def _run(
             batch_size=batch_size,
             precision=precision_used,
             seed=seed,
+            tta=tta,
             axes=axes,
             replace_nan=replace_nan,
             write_mean=mode == "enhance",

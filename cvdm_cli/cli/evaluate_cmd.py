@@ -13,6 +13,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from cvdm_cli.cli.common import ThreadsOpt, apply_threads, run_guarded, stderr, stdout
+from cvdm_cli.views import TTA_DEFAULT
 
 
 def evaluate(
@@ -67,6 +68,11 @@ def evaluate(
         help="Sampler noise only (same split and baselines; default: --seed): rescore with "
         "other draws to see how much the cvdm scores move with the samples.",
     ),
+    tta: bool = typer.Option(
+        TTA_DEFAULT,
+        "--tta/--no-tta",
+        help="Draw sample k from flip/rotation k % 8 of the input, as cvdm enhance does.",
+    ),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
     threads: ThreadsOpt = None,
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout."),
@@ -106,6 +112,7 @@ def evaluate(
                 psf_sigma_nm=psf_sigma_nm,
                 seed=seed,
                 sampler_seed=sampler_seed,
+                tta=tta,
                 device=str(dev),
                 progress=bar.update,
             )
