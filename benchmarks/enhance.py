@@ -121,6 +121,7 @@ def _child(args: argparse.Namespace) -> dict:
         overlap=args.overlap,
         tiling=args.tiling,
         precision=args.precision,
+        tta=args.tta,
     )
     jobs = pipeline.discover_inputs([src], output_dir=work / "out")
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -144,6 +145,7 @@ def _child(args: argparse.Namespace) -> dict:
         "tiles_per_plane": res.tiles,
         "samples": args.samples,
         "steps": args.steps,
+        "tta": args.tta,
         "denoiser_calls": timers["eps"].calls,
         "wall_s": wall,
         "timings": {k: t.get(k, 0.0) for k in STAGES},
@@ -189,6 +191,12 @@ def main() -> None:
     p.add_argument("--tile", type=int, default=None, help="default: pipeline.default_tile")
     p.add_argument("--overlap", type=int, default=32)
     p.add_argument("--tiling", default="sync")
+    p.add_argument(
+        "--tta",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="sample k from flip/rotation k mod 8 (the product's default)",
+    )
     p.add_argument("--device", default="cpu")
     p.add_argument("--precision", default="fp32")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
@@ -241,6 +249,7 @@ def main() -> None:
                     args.device,
                     "--precision",
                     args.precision,
+                    "--tta" if args.tta else "--no-tta",
                     "--threads",
                     str(args.threads),
                 ]
@@ -257,7 +266,8 @@ def main() -> None:
         print(json.dumps(rows, indent=2))
     else:
         print(
-            f"samples {args.samples}, steps {args.steps}, tiling {args.tiling}, device "
+            f"samples {args.samples}, steps {args.steps}, tiling {args.tiling}, "
+            f"tta {args.tta}, device "
             f"{args.device}, precision {args.precision}, random-init weights"
         )
         print(_table(rows))

@@ -230,9 +230,10 @@ def reconstruct_plane(
     difficulty = None
     for shape, shape_views in groups.items():
         plan = plans[shape]
-        # views sampled together: enough to fill a batch with their tiles, no more (the
-        # per-tile maps of every view in a set are held at once)
-        per_set = max(1, bs // len(plan.tiles))
+        # views sampled together: enough for their (sample, tile) pairs to fill batches
+        # with little remainder, few enough that their per-tile x and lambda maps (2
+        # channels per tile, held at once) stay small next to a batch's activations
+        per_set = max(1, (4 * bs) // len(plan.tiles))
         for v0 in range(0, len(shape_views), per_set):
             view_set = shape_views[v0 : v0 + per_set]
             tiles = _PlaneTiles(model, [views.forward(lowres, v) for v in view_set], plan, bs)
