@@ -15,6 +15,11 @@
 #   seconds, PACK is used instead (it may then be a fallback pack of lr/hr entries).
 #   One model per preset in TRAIN_PRESETS is trained on it ("small medium": phys_small,
 #   phys_medium), same steps and seed.
+# EVAL_DIR=DIR (a folder with lr/, hr/ and params.json, e.g. a carried copy of
+#   `cvdm simulate sim_eval --n 40 --seed 777777 --size 128`): after training, each model is
+#   scored there with `cvdm evaluate` on the GPU (the command of docs/models.md, without
+#   figures), into OUTDIR/report_<name>.md and metrics_<name>.csv; EVAL_SECONDS (default
+#   120) are kept for it.
 # Writes to OUTDIR: session.log (everything printed), train_<name>.log and <name>.safetensors
 # (EMA weights; in 15 MiB parts when larger, which the device tool does not bring back whole)
 # per run.
@@ -45,6 +50,8 @@ SIM_JOBS=${SIM_JOBS:-14}
 SIM_END=${SIM_END:-200}            # seconds after the start: stop simulating, use what is done
 SIM_MIN=${SIM_MIN:-300}
 WHEELS=${WHEELS:-.whl}             # none: microsim is importable already
+EVAL_DIR=${EVAL_DIR:-}             # score each model here after training (see above)
+EVAL_SECONDS=${EVAL_SECONDS:-120}
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
 T0=$(date +%s)
 LOG=$OUT/session.log
@@ -148,6 +155,7 @@ rate = {r['preset']: r['s_per_step'] for r in rows if r['batch'] == $BATCH and '
 print(sum(rate.get(p, 0.1) for p in presets) * (0.8 if len(presets) > 1 else 1.25))")
 # never past T0 + HARD_END seconds (the exports and copies need the rest of the lease)
 LEFT=$((T0 + HARD_END - $(date +%s) - SLACK))
+[ -n "$EVAL_DIR" ] && LEFT=$((LEFT - EVAL_SECONDS))
 [ $LEFT -lt $BUDGET ] && BUDGET=$LEFT
 STEPS=$($PY -c "print(max($MIN_STEPS, min(40000, int($BUDGET / $S_SUM) // 10 * 10)))")
 log "== training ${NAMES[*]}: $STEPS steps each (sum of s/step x sharing: $S_SUM), budget ${BUDGET}s"
@@ -197,5 +205,27 @@ for name in "${NAMES[@]}"; do
         cp "$file" "$OUT/"
     fi
 done
+if [ -n "$EVAL_DIR" ]; then
+    log "== scoring on $EVAL_DIR (GPU, concurrently)"
+    for name in "${NAMES[@]}"; do
+        [ -f /tmp/train/"$name".safetensors ] || continue
+        timeout "$EVAL_SECONDS" $PY -m cvdm_cli evaluate --model /tmp/train/"$name".safetensors \
+            --lr "$EVAL_DIR"/lr --hr "$EVAL_DIR"/hr --val-fraction 0.2 --reference-limit 8 \
+            --reference-samples 2 --no-figures --device "$DEVICE" --out /tmp/report_"$name" \
+            -q >/tmp/eval_"$name".log 2>&1 &
+    done
+    wait
+    # two files per model (the device tool brings back at most 8)
+    for name in "${NAMES[@]}"; do
+        tail -n 3 /tmp/eval_"$name".log | tee -a "$LOG"
+        if [ ! -f /tmp/report_"$name"/report.md ]; then
+            log "no report for $name: evaluate failed or ran past ${EVAL_SECONDS}s"
+            continue
+        fi
+        cp /tmp/report_"$name"/report.md "$OUT/report_$name.md"
+        cp /tmp/report_"$name"/metrics.csv "$OUT/metrics_$name.csv"
+        head -n 12 /tmp/report_"$name"/report.md | tee -a "$LOG"
+    done
+fi
 ls -la "$OUT" | tee -a "$LOG"
 log "== end"
