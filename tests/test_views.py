@@ -102,3 +102,16 @@ def _plan(model, shape, tile):
     from cvdm_cli.tiled import plan_for
 
     return plan_for(model, shape, tile, 8)
+
+
+@pytest.mark.parametrize("sampler", ["fast", "reference"])
+def test_reconstruct_tta_on_a_batch_of_non_square_images(tiny_model, sampler):
+    lr = np.random.default_rng(3).standard_normal((2, 1, 8, 12)).astype(np.float32)
+    rec = reconstruct(
+        tiny_model, lr, samples=3, steps=2, sampler=sampler, return_samples=True, tta=True,
+        generator=torch.Generator().manual_seed(1), batch_size=4,
+    )  # fmt: skip
+    assert rec.samples.shape == (3, 2, 1, 16, 24) and rec.mean.shape == (2, 1, 16, 24)
+    np.testing.assert_allclose(rec.mean, rec.samples.mean(axis=0), atol=1e-5)
+    np.testing.assert_allclose(rec.var, rec.samples.var(axis=0, ddof=1), rtol=1e-4, atol=1e-6)
+    assert np.isfinite(rec.samples).all()
