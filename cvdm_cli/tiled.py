@@ -218,7 +218,9 @@ def reconstruct_plane(
     th, tw = plan0.tile_shape
     bs = batch_size or auto_batch_size(th * tw, model.device)
     eta_value = (DEFAULT_FAST_ETA if sampler == "fast" else 1.0) if eta is None else eta
-    n_steps = make_schedule(model, torch.zeros(1, 1, 1, 1), sampler, steps).n_steps
+    n_steps = make_schedule(
+        model, torch.zeros(1, 1, 1, 1, device=model.device), sampler, steps
+    ).n_steps
     tiles_of_sample = [len(plans[views.view_shape(lowres.shape, views.view_of(k, tta))].tiles)
                        for k in range(samples)]  # fmt: skip
     progress = _Progress(callback, sum(tiles_of_sample) * n_steps)
