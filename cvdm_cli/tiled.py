@@ -221,9 +221,11 @@ def reconstruct_plane(
     n_steps = make_schedule(
         model, torch.zeros(1, 1, 1, 1, device=model.device), sampler, steps
     ).n_steps
-    tiles_of_sample = [len(plans[views.view_shape(lowres.shape, views.view_of(k, tta))].tiles)
-                       for k in range(samples)]  # fmt: skip
-    progress = _Progress(callback, sum(tiles_of_sample) * n_steps)
+    shape_of_sample = [
+        views.view_shape(lowres.shape, views.view_of(k, tta)) for k in range(samples)
+    ]
+    passes_per_step = sum(len(plans[shape].tiles) for shape in shape_of_sample)
+    progress = _Progress(callback, passes_per_step * n_steps)
     spec = _Spec(sampler, steps, seed, plane_index, bs, precision, eta_value, clip)
     run = _sample_sync if tiling == "sync" else _sample_independent
 
