@@ -40,6 +40,7 @@ from cvdm_cli.sampler import (
     ProgressCallback,
     auto_batch_size,
     autocast_context,
+    count_steps,
     make_eps_fn,
     make_schedule,
     run_steps,
@@ -218,9 +219,7 @@ def reconstruct_plane(
     th, tw = plan0.tile_shape
     bs = batch_size or auto_batch_size(th * tw, model.device)
     eta_value = (DEFAULT_FAST_ETA if sampler == "fast" else 1.0) if eta is None else eta
-    n_steps = make_schedule(
-        model, torch.zeros(1, 1, 1, 1, device=model.device), sampler, steps
-    ).n_steps
+    n_steps = count_steps(sampler, steps, model.config.timesteps)
     shape_of_sample = [
         views.view_shape(lowres.shape, views.view_of(k, tta)) for k in range(samples)
     ]
