@@ -29,6 +29,14 @@ def rel_err(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.linalg.norm(a - b) / np.linalg.norm(b))
 
 
+def assert_fp32_match(cpu, gpu, shape: tuple[int, int]) -> None:
+    """A CUDA fp32 reconstruction equals the CPU's within TF32 tolerance (mean and var)."""
+    assert gpu.mean.shape == cpu.mean.shape == shape
+    assert np.isfinite(gpu.mean).all() and np.isfinite(gpu.var).all()
+    assert rel_err(gpu.mean, cpu.mean) < 2e-2
+    assert rel_err(gpu.var, cpu.var) < 1e-1
+
+
 @pytest.fixture(scope="module")
 def shipped():
     from cvdm_cli import load_weights
@@ -63,10 +71,7 @@ def test_cuda_fp32_matches_cpu(shipped, lowres, sampler):
         )
 
     cpu, gpu = run("cpu"), run("cuda")
-    assert gpu.mean.shape == cpu.mean.shape == (96, 96)
-    assert np.isfinite(gpu.mean).all() and np.isfinite(gpu.var).all()
-    assert rel_err(gpu.mean, cpu.mean) < 2e-2
-    assert rel_err(gpu.var, cpu.var) < 1e-1
+    assert_fp32_match(cpu, gpu, (96, 96))
     shipped.to("cpu")
 
 
@@ -85,10 +90,7 @@ def test_cuda_tiled_tta_matches_cpu(shipped, lowres, sampler):
         )  # fmt: skip
 
     cpu, gpu = run("cpu"), run("cuda")
-    assert gpu.mean.shape == cpu.mean.shape == (96, 80)
-    assert np.isfinite(gpu.mean).all() and np.isfinite(gpu.var).all()
-    assert rel_err(gpu.mean, cpu.mean) < 2e-2
-    assert rel_err(gpu.var, cpu.var) < 1e-1
+    assert_fp32_match(cpu, gpu, (96, 80))
     shipped.to("cpu")
 
 
