@@ -90,6 +90,7 @@ SUMMARY_KEYS = (
     "ssim",
     "nrmse",
     "spearman",
+    "calibrated_spearman",
     "coverage50",
     "coverage90",
     "ause",

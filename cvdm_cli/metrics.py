@@ -23,7 +23,12 @@ Then on (``t``, fitted prediction):
 Uncertainty quality (on the same fitted units: samples map by ``alpha * s + beta`` and the
 standard deviation by ``|alpha| * std``)
 ---------------------------------------------------------------------------------------
-- Spearman rank correlation between per-pixel std and absolute error.
+- Spearman rank correlation between per-pixel std and absolute error. Even a perfectly
+  calibrated sampler does not reach 1: its error is a random draw with that std, and
+  ``|N(0, s^2)|`` spreads widely at every ``s``. :func:`calibrated_spearman` estimates
+  what a calibrated sampler with these std maps would score (leave-one-out: each sample in
+  turn plays the truth, the other K - 1 the sampler), a ceiling to read the measured value
+  against.
 - Coverage of central sample intervals: fraction of pixels whose truth lies in
   ``[s_(i), s_(j)]``, order statistics of the K samples with ``j = K + 1 - i`` and
   ``i = max(1, round((K + 1) (1 - level) / 2))``. For a calibrated sampler the truth is
@@ -50,6 +55,7 @@ __all__ = [
     "UncertaintyScores",
     "ause",
     "calibrated_coverage",
+    "calibrated_spearman",
     "fair_scores",
     "fit_scale_offset",
     "interval_bounds",
@@ -207,6 +213,32 @@ def spearman(uncertainty: ArrayLike, error: ArrayLike) -> float:
     return float(spearmanr(u, e)[0])
 
 
+def calibrated_spearman(samples: ArrayLike) -> float:
+    """Spearman(std, |error|) that a calibrated sampler with these samples would score.
+
+    A calibrated sampler's truth is exchangeable with its samples, so sample k can play the
+    truth: with the other K - 1 samples as the sampler, score Spearman(std_-k,
+    |mean_-k - s_k|) (std with ddof=1), and average over k. Uses K - 1 samples per
+    estimate, so it slightly understates the ceiling for K.
+
+    Args:
+        samples: (K, ...) sample images, K >= 3 (NaN below that, or where every
+            leave-one-out std or error map is constant).
+    """
+    s = _f64(samples)
+    k = s.shape[0]
+    if k < 3:
+        return float("nan")
+    scores = []
+    for i in range(k):
+        rest = np.delete(s, i, axis=0)
+        rest_mean, rest_std = rest.mean(axis=0), rest.std(axis=0, ddof=1)
+        rho = spearman(rest_std, np.abs(rest_mean - s[i]))
+        if not np.isnan(rho):
+            scores.append(rho)
+    return float(np.mean(scores)) if scores else float("nan")
+
+
 def interval_bounds(k: int, level: float) -> tuple[int, int]:
     """1-based order statistics ``(i, j)`` of K samples whose span is the central interval.
 
@@ -296,6 +328,7 @@ class UncertaintyScores:
     """How well a per-pixel std tracks the error (all in fitted target units)."""
 
     spearman: float
+    calibrated_spearman: float  # what a calibrated sampler with these std maps would score
     coverage50: float
     coverage90: float
     calibrated50: float  # what a calibrated sampler with the same K would cover
@@ -310,7 +343,7 @@ class UncertaintyScores:
 def uncertainty_scores(
     samples: ArrayLike, mean: ArrayLike, truth: ArrayLike, n_bins: int = 100
 ) -> UncertaintyScores:
-    """Spearman(std, |mean - truth|), 50%/90% interval coverage and AUSE.
+    """Spearman(std, |mean - truth|) and its calibrated value, 50%/90% coverage and AUSE.
 
     Args:
         samples: (K, H, W) samples, K >= 2; mean: (H, W) the estimate being scored;
@@ -327,6 +360,7 @@ def uncertainty_scores(
     err = np.abs(m - t)
     return UncertaintyScores(
         spearman=spearman(std, err),
+        calibrated_spearman=calibrated_spearman(s),
         coverage50=interval_coverage(s, t, 0.5),
         coverage90=interval_coverage(s, t, 0.9),
         calibrated50=calibrated_coverage(k, 0.5),

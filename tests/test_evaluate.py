@@ -220,6 +220,9 @@ def test_evaluate_end_to_end_numbers_and_files(tmp_path: Path, model_path: Path)
         assert float(fast["psnr"]) == pytest.approx(fair.psnr, rel=1e-6)
         assert float(fast["nrmse"]) == pytest.approx(fair.nrmse, rel=1e-6)
         assert float(fast["spearman"]) == pytest.approx(unc.spearman, abs=1e-6)
+        cal = float(fast["calibrated_spearman"])
+        assert cal == pytest.approx(unc.calibrated_spearman, abs=1e-6) and -1 <= cal <= 1
+        assert by["cvdm_fast_k2"]["calibrated_spearman"] == ""  # needs 3 samples
         assert float(fast["ause"]) == pytest.approx(unc.ause, abs=1e-6)
         assert float(fast["calibrated90"]) == pytest.approx(0.5)  # K=3: [s_(1), s_(3)] -> 2/4
         k2 = metrics.fair_scores(s[:2].mean(axis=0), hr)
@@ -353,13 +356,14 @@ def test_markdown_of_a_report_without_baseline_wins() -> None:
     from cvdm_cli.evaluate import EvaluationReport
 
     row = {"stem": "a", "method": "bicubic", "psnr": 20.0, "ssim": 0.5, "nrmse": 0.1}
-    row.update({k: math.nan for k in ("spearman", "coverage50", "coverage90", "ause")})
+    row.update({k: math.nan for k in ("spearman", "calibrated_spearman", "coverage50")})
+    row.update({k: math.nan for k in ("coverage90", "ause")})
     row.update(mean_std=math.nan, seconds=0.0, calibrated50=math.nan, calibrated90=math.nan)
     from cvdm_cli.evaluate import _summaries
 
     rep = EvaluationReport({"samples": 8}, [row], _summaries([row]), {}, None, None)
     md = rep.to_markdown()
-    assert "| bicubic | 1 | 20.00 (20.00) | 0.500 (0.500) | 0.1000 | – |" in md
+    assert "| bicubic | 1 | 20.00 (20.00) | 0.500 (0.500) | 0.1000 | – (–) |" in md
     assert json.loads(json.dumps(rep.to_dict()))["images"]["a"]["bicubic"]["spearman"] is None
 
 

@@ -174,6 +174,42 @@ def test_ause_zero_and_spearman_one_when_std_is_ordered_with_error() -> None:
     assert u.coverage50 == 1.0
 
 
+def test_calibrated_spearman_matches_a_calibrated_sampler() -> None:
+    # samples and truth from the same per-pixel Gaussian: the sampler is calibrated, so the
+    # measured Spearman (K samples) and the leave-one-out estimate (K - 1) agree
+    rng = np.random.default_rng(11)
+    sigma = np.exp(rng.uniform(np.log(0.05), np.log(2.0), size=(96, 96)))
+    mu = rng.normal(size=(96, 96))
+    draws = mu + sigma * rng.standard_normal((9, 96, 96))
+    samples, truth = draws[:8], draws[8]
+    measured = M.uncertainty_scores(samples, samples.mean(axis=0), truth)
+    assert measured.calibrated_spearman > 0.3  # a wide spread of std orders the error
+    assert measured.calibrated_spearman == pytest.approx(measured.spearman, abs=0.03)
+    assert M.calibrated_spearman(samples) == measured.calibrated_spearman
+    # one std everywhere: the std map carries no information, ceiling about 0
+    flat = mu + 0.5 * rng.standard_normal((8, 96, 96))
+    assert abs(M.calibrated_spearman(flat)) < 0.05
+    # the truth plays no part: a biased mean lowers the measured value, not the ceiling
+    biased = M.uncertainty_scores(samples, samples.mean(axis=0) + 3.0 * sigma.mean(), truth)
+    assert biased.calibrated_spearman == measured.calibrated_spearman
+    assert biased.spearman < measured.spearman - 0.1
+    assert math.isnan(M.calibrated_spearman(samples[:2]))
+
+
+def test_calibrated_spearman_by_hand_for_three_samples() -> None:
+    # K = 3: leaving sample i out leaves two, whose std is |a - b| / sqrt(2) and whose mean
+    # is (a + b) / 2; the error is |(a + b) / 2 - s_i|
+    s = np.array([[0.0, 1.0, 0.0, 2.0], [1.0, 2.0, 3.0, 4.0], [2.0, 5.0, 4.0, 11.0]])
+    from scipy.stats import spearmanr
+
+    expected = []
+    for i in range(3):
+        a, b = np.delete(s, i, axis=0)
+        expected.append(spearmanr(np.abs(a - b), np.abs((a + b) / 2 - s[i]))[0])
+    assert not np.isnan(expected).any() and len(set(np.round(expected, 6))) > 1
+    assert M.calibrated_spearman(s) == pytest.approx(np.mean(expected))
+
+
 def test_sparsification_of_zero_error_is_flat_zero() -> None:
     f, curve, oracle = M.sparsification_curves(np.arange(200.0), np.zeros(200))
     assert f.shape == curve.shape == oracle.shape == (100,)

@@ -206,7 +206,7 @@ def _tables(report: Any) -> list[Table]:
 
     unc = Table(title="uncertainty (std of the samples vs the error)", box=box.SIMPLE_HEAD)
     unc.add_column("method", no_wrap=True)
-    for col in ("Spearman", "cov. 50% (calib.)", "cov. 90% (calib.)", "AUSE"):
+    for col in ("Spearman (calib.)", "cov. 50% (calib.)", "cov. 90% (calib.)", "AUSE"):
         unc.add_column(col, justify="right", no_wrap=True)
     for method, s in report.summary.items():
         if "calibrated" not in s:
@@ -214,7 +214,7 @@ def _tables(report: Any) -> list[Table]:
         mean, cal = s["mean"], s["calibrated"]
         unc.add_row(
             method,
-            _f(mean["spearman"]),
+            f"{_f(mean['spearman'])} ({_f(mean.get('calibrated_spearman'))})",
             f"{_f(mean['coverage50'])} ({_f(cal['coverage50'])})",
             f"{_f(mean['coverage90'])} ({_f(cal['coverage90'])})",
             _f(mean["ause"], 4),
