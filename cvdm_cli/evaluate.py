@@ -371,9 +371,9 @@ def _by(rows: list[dict[str, Any]], method: str) -> dict[str, dict[str, Any]]:
     return {r["stem"]: r for r in rows if r["method"] == method}
 
 
-def _wins(rows: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, float]]]:
+def _wins(rows: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, Any]]]:
     methods = list(dict.fromkeys(r["method"] for r in rows))
-    out: dict[str, dict[str, dict[str, float]]] = {}
+    out: dict[str, dict[str, dict[str, Any]]] = {}
     for m in (m for m in methods if m.startswith("cvdm")):
         mine = _by(rows, m)
         for base in (b for b in BASELINES if b in methods):
@@ -389,6 +389,9 @@ def _wins(rows: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, float]]]:
                 "ssim_win_fraction": float(np.mean(ds > 0)),
                 "mean_psnr_gain": float(dp.mean()),
                 "mean_ssim_gain": float(ds.mean()),
+                # the images to look at: where cvdm does not beat the baseline (ties lose)
+                "psnr_lost": [s for s, d in zip(stems, dp, strict=True) if not d > 0],
+                "ssim_lost": [s for s, d in zip(stems, ds, strict=True) if not d > 0],
             }
     return out
 

@@ -86,15 +86,16 @@ class EvaluationReport:
     rows: one dict per (image, method) with the keys of :data:`CSV_COLUMNS` (NaN where a
     metric does not apply, e.g. uncertainty for the baselines). summary: method -> {"n",
     "mean": {metric: value}, "median": {...}}. wins: cvdm method -> baseline -> {"n",
-    "psnr_win_fraction", "ssim_win_fraction", "mean_psnr_gain", "mean_ssim_gain"} over the
-    images both were run on. fast_vs_reference: mean PSNR/SSIM of fast minus reference on
+    "psnr_win_fraction", "ssim_win_fraction", "mean_psnr_gain", "mean_ssim_gain", "psnr_lost",
+    "ssim_lost"} over the images both were run on (the lost lists name the images where cvdm
+    is not better). fast_vs_reference: mean PSNR/SSIM of fast minus reference on
     the images the reference ran on (also at equal sample counts), or None.
     """
 
     settings: dict[str, Any]
     rows: list[dict[str, Any]]
     summary: dict[str, dict[str, Any]]
-    wins: dict[str, dict[str, dict[str, float]]]
+    wins: dict[str, dict[str, dict[str, Any]]]
     fast_vs_reference: dict[str, Any] | None
     rl_tuning: dict[str, Any] | None
     notices: list[str] = field(default_factory=list)
@@ -164,6 +165,13 @@ class EvaluationReport:
                         f"| {w['ssim_win_fraction']:.0%} | {_fmt(w['mean_psnr_gain'], 2)} "
                         f"| {_fmt(w['mean_ssim_gain'])} |"
                     )
+            lost = []
+            for base, w in self.wins.get("cvdm_fast", {}).items():
+                for key, name in (("psnr_lost", "PSNR"), ("ssim_lost", "SSIM")):
+                    if w.get(key):
+                        lost.append(f"{name} vs {base}: {', '.join(w[key])}")
+            if lost:
+                lines += ["", "Images where cvdm_fast is not better: " + "; ".join(lost) + "."]
         if self.fast_vs_reference:
             f = self.fast_vs_reference
             lines += [
