@@ -417,6 +417,12 @@ def test_cli_evaluate_json_and_errors(tmp_path: Path, model_path: Path) -> None:
     table = runner.invoke(app, [*args, "--limit", "1"])
     assert table.exit_code == 0, table.output
     assert "cvdm_fast" in table.stdout and "PSNR" in table.stdout
+    # with 3 samples the uncertainty table gives the calibrated Spearman next to the measured
+    three = [*args[: args.index("--samples") + 1], "3", *args[args.index("--samples") + 2 :]]
+    table3 = runner.invoke(app, [*three, "--limit", "1", "--json", "--quiet"])
+    fast = json.loads(table3.stdout)["summary"]["cvdm_fast"]["mean"]
+    shown = f"{fast['spearman']:.3f} ({fast['calibrated_spearman']:.3f})"
+    assert shown in runner.invoke(app, [*three, "--limit", "1"]).stdout
     missing = runner.invoke(app, [*args[:3], "--lr", str(tmp_path / "nope"), *args[5:]])
     assert missing.exit_code == EXIT_USAGE and "folder not found" in missing.stderr
 
