@@ -1,9 +1,10 @@
 """Sampler benchmark: model sizes, FLOPs, throughput, fast vs reference sampler.
 
 Prints, for each preset: parameters, GFLOP per denoiser pass at 256x256 (counted with
-torch.utils.flop_counter, multiply-add = 2 FLOP), passes/s on this CPU and, when CUDA is
-available, on the GPU with bf16 autocast + channels_last (+ torch.compile with
---compile) and the achieved fraction of the device's peak bf16 FLOP/s. Then the time and
+torch.utils.flop_counter, multiply-add = 2 FLOP), passes/s on this CPU (fp32 and bf16
+autocast) and, when CUDA is available, on the GPU with bf16 autocast + channels_last
+(+ torch.compile with --compile) and the achieved fraction of the device's peak bf16
+FLOP/s. Then the time and
 network calls (NFE) of the reference vs the fast sampler for 8 samples of one 256x256
 image, and, for a tiny model trained for a few minutes on simulated pairs (or a model
 given with --model and pairs with --data), the PSNR of the fast sampler at 10/20/50 steps
@@ -27,6 +28,7 @@ import numpy as np
 import torch
 
 from cvdm_cli import CVDM, ModelConfig, load_weights, reconstruct
+from cvdm_cli.devices import cpu_has_native_bf16
 from cvdm_cli.sampler import count_steps
 
 # Dense bf16 tensor-core peaks (FLOP/s) of common accelerators, from vendor datasheets.
@@ -106,6 +108,9 @@ def bench_presets(
         }
         if not skip_cpu:
             row["cpu_passes_per_s"] = passes_per_second(model, size, cpu_batch)
+            # bf16 autocast: what --precision auto picks on CPUs with native bf16.
+            row["cpu_bf16_passes_per_s"] = passes_per_second(model, size, cpu_batch, bf16=True)
+            row["cpu_native_bf16"] = cpu_has_native_bf16()
         if torch.cuda.is_available():
             gpu = model.to("cuda").to(memory_format=torch.channels_last)
             dev_name, peak = gpu_peak()

@@ -53,8 +53,23 @@ def pick_device(spec: str = "auto") -> torch.device:
     return device
 
 
+def cpu_has_native_bf16() -> bool:
+    """True when this CPU multiplies bf16 in hardware (Intel AMX tiles or AVX512-BF16).
+
+    There oneDNN runs bf16 convolutions faster than fp32 (docs/performance.md); on other
+    CPUs bf16 is emulated and slower, so ``auto`` keeps fp32 there. The checks are private
+    torch helpers, so any failure reads as "no".
+    """
+    checks = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
+    try:
+        return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in checks)
+    except Exception:  # a missing or failing probe means "not native"
+        return False
+
+
 def pick_precision(spec: str, device: torch.device) -> str:
-    """'auto' -> 'bf16' on CUDA devices that support it, else 'fp32'."""
+    """'auto' -> 'bf16' on CUDA devices that support it and on CPUs with native bf16
+    (``cpu_has_native_bf16``), else 'fp32'."""
     spec = spec.strip().lower()
     if spec not in PRECISIONS:
         raise ConfigError(
@@ -62,6 +77,8 @@ def pick_precision(spec: str, device: torch.device) -> str:
         )
     if spec == "auto":
         if device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return "bf16"
+        if device.type == "cpu" and cpu_has_native_bf16():
             return "bf16"
         return "fp32"
     if spec == "fp16" and device.type == "cpu":

@@ -434,6 +434,7 @@ class _Run:
     rl_iterations: int | None
     seed: int
     tta: bool
+    precision: str = "fp32"
 
     def calls(self, with_reference: bool) -> int:
         """Denoiser passes (image-samples x steps) for one image."""
@@ -479,6 +480,7 @@ def _sample(
         callback=on_progress,
         return_samples=True,
         tta=run.tta,
+        precision=run.precision,
     )
     seconds = time.perf_counter() - t0
     if rec.samples is None:  # pragma: no cover - reconstruct honours return_samples
@@ -600,6 +602,7 @@ def evaluate(
     sampler_seed: int | None = None,
     tta: bool = TTA_DEFAULT,
     device: str = "cpu",
+    precision: str = "fp32",
     progress: ProgressFn | None = None,
 ) -> EvaluationReport:
     """Score cvdm, bicubic and Richardson–Lucy on the pairs of ``lr_dir`` and ``hr_dir``.
@@ -626,6 +629,8 @@ def evaluate(
         tta: draw sample k from view k % 8 of the input (flips and quarter turns,
             :mod:`cvdm_cli.views`), as ``cvdm enhance`` does by default.
         device: where a model loaded from a path goes ("cpu", "cuda", ...).
+        precision: the denoiser's autocast, "fp32", "bf16" or "fp16" (resolved already:
+            :func:`cvdm_cli.devices.pick_precision`); schedule and updates stay float32.
         progress: called with :class:`ProgressEvent` ("tune-rl", then "evaluate").
     Raises:
         DataError (unpaired files, HR not exactly scale x LR, bad params.json),
@@ -706,6 +711,7 @@ def evaluate(
         rl_iterations=None if missing else (tuning.best if tuning else rl_iterations),
         seed=seed if sampler_seed is None else sampler_seed,
         tta=tta,
+        precision=precision,
     )
 
     # --- score every test image ----------------------------------------------------------
@@ -757,6 +763,7 @@ def evaluate(
         "sampler_seed": run.seed,
         "tta": tta,
         "device": str(model.device),
+        "precision": precision,
         "input_percentiles": [model.config.norm_low, model.config.norm_high],
         "target_percentiles": [metrics.TARGET_PMIN, metrics.TARGET_PMAX],
         "seconds_total": time.perf_counter() - t_start,

@@ -206,6 +206,8 @@ class EvaluationReport:
             if st.get("tta")
             else ""
         )
+        if st.get("precision") not in (None, "fp32"):
+            tta += f" Denoiser in {st['precision']} autocast."
         lines += [
             "",
             f"Scores after the CSBDeep fair comparison (target percentiles 0.1/99.9, "

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from cvdm_cli.config import ModelConfig
+from cvdm_cli.devices import pick_precision
 from cvdm_cli.diffusion import LossTerms, cvdm_losses
 from cvdm_cli.errors import DataError, InputNotFoundError, InvalidWeightsError
 from cvdm_cli.model import CVDM
@@ -62,7 +63,7 @@ class TrainConfig:
     val_steps: int = 10
     val_fraction: float = 0.1
     seed: int = 0
-    precision: str = "auto"  # auto = bf16 on CUDA, fp32 elsewhere
+    precision: str = "auto"  # auto = bf16 on CUDA and native-bf16 CPUs, else fp32
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -396,9 +397,9 @@ StepCallback = Callable[[int, dict[str, float]], None]
 
 
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
-    if precision == "auto":
-        return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else None
-    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    """The autocast dtype for a --precision option (None = fp32); 'auto' as in enhance."""
+    chosen = pick_precision(precision, device)
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[chosen]
 
 
 def train_step(

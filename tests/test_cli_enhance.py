@@ -17,6 +17,8 @@ import tifffile
 import torch
 from conftest import cvdm, default_sigint, json_lines
 
+from cvdm_cli.devices import pick_precision
+
 FAST = ["--samples", "2", "--steps", "2"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "CVDM_DEBUG": ""}
 
@@ -75,7 +77,7 @@ def test_enhance_shapes_axes_pixel_size_and_json(tmp_path, tiny_weights, shape, 
     var = tifffile.imread(tmp_path / "cell_cvdm_var.tif")
     assert (var >= 0).all() and var.max() > 0
     assert summary["done"] == 1 and summary["failed"] == 0 and summary["device"] == "cpu"
-    assert summary["precision"] == "fp32"
+    assert summary["precision"] == pick_precision("auto", torch.device("cpu"))
     assert summary["input_megapixels"] == pytest.approx(np.prod(shape) / 1e6)
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "cell.tif",
@@ -295,7 +297,8 @@ def test_quiet_prints_nothing_on_success(tmp_path, tiny_weights):
     r = cvdm("enhance", src, "-m", tiny_weights, *FAST, "--quiet")
     assert r.code == 0 and r.out == "" and r.err == ""
     loud = cvdm("enhance", src, "-m", tiny_weights, *FAST, "--overwrite")
-    assert "done" in loud.err and "Mpx/s" in loud.err and "cpu (fp32)" in loud.err
+    precision = pick_precision("auto", torch.device("cpu"))
+    assert "done" in loud.err and "Mpx/s" in loud.err and f"cpu ({precision})" in loud.err
     assert loud.out == ""
 
 

@@ -27,6 +27,7 @@ distributed = pytest.importorskip("distributed")  # the optional `cluster` extra
 from conftest import cvdm, default_sigint, json_lines  # noqa: E402
 
 from cvdm_cli import cluster, errors, pipeline  # noqa: E402
+from cvdm_cli.devices import pick_precision  # noqa: E402
 from cvdm_cli.pipeline import EnhanceSettings, ModelRef, Reporter  # noqa: E402
 
 FAST = ["--samples", "2", "--steps", "2", "--tile", "16", "--overlap", "4"]
@@ -230,7 +231,8 @@ def test_killed_worker_is_replaced_and_outputs_are_identical(tmp_path, tiny_weig
         ref, setup = cluster.prepare_workers(
             client, str(tiny_weights), name="tiny", device="cpu", tile=16, samples=2
         )
-        assert ref.device == "cpu" and setup.tile == 16 and setup.precision == "fp32"
+        assert ref.device == "cpu" and setup.tile == 16
+        assert setup.precision == pick_precision("auto", torch.device("cpu"))
         pids = client.run(os.getpid)
 
         class Killer(Reporter):

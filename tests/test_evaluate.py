@@ -405,6 +405,12 @@ def test_cli_evaluate_json_and_errors(tmp_path: Path, model_path: Path) -> None:
         flagged = runner.invoke(app, [*args, flag, "--json", "--quiet"])
         assert flagged.exit_code == 0, flagged.output
         assert json.loads(flagged.stdout)["settings"]["tta"] is value
+    for value in ("fp32", "bf16"):
+        flagged = runner.invoke(app, [*args, "--precision", value, "--json", "--quiet"])
+        assert flagged.exit_code == 0, flagged.output
+        assert json.loads(flagged.stdout)["settings"]["precision"] == value
+    fp16 = runner.invoke(app, [*args, "--precision", "fp16"])
+    assert fp16.exit_code != 0 and "fp16 is not supported on the CPU" in fp16.stderr
     assert (tmp_path / "r" / "metrics.csv").is_file()
     report = (tmp_path / "r" / "report.md").read_text()
     assert "2 fast samples x 2 steps. Sample k is drawn from flip" in report
@@ -425,6 +431,31 @@ def test_cli_evaluate_json_and_errors(tmp_path: Path, model_path: Path) -> None:
     assert shown in runner.invoke(app, [*three, "--limit", "1"]).stdout
     missing = runner.invoke(app, [*args[:3], "--lr", str(tmp_path / "nope"), *args[5:]])
     assert missing.exit_code == EXIT_USAGE and "folder not found" in missing.stderr
+
+
+def test_bf16_changes_only_the_cvdm_rows_and_is_reported(tmp_path: Path, model_path: Path) -> None:
+    from cvdm_cli.evaluate import evaluate
+
+    _write_pairs(tmp_path, n=3)
+    common = dict(samples=2, steps=2, samplers=("fast",), rl_iterations=2, seed=3)
+    runs = {
+        p: evaluate(model_path, tmp_path / "lr", tmp_path / "hr", **common, precision=p)
+        for p in ("fp32", "bf16")
+    }
+    assert runs["fp32"].settings["precision"] == "fp32"
+    assert runs["bf16"].settings["precision"] == "bf16"
+    assert "bf16 autocast" in runs["bf16"].to_markdown()
+    assert "autocast" not in runs["fp32"].to_markdown()
+    rows = {p: {(r["stem"], r["method"]): r for r in rep.rows} for p, rep in runs.items()}
+    assert rows["fp32"].keys() == rows["bf16"].keys()
+    for key, row in rows["fp32"].items():
+        other = rows["bf16"][key]
+        if key[1] == "cvdm_fast":
+            # same seeds, rounded network: a small change, not another draw
+            assert other["psnr"] == pytest.approx(row["psnr"], abs=0.5)
+            assert other["ssim"] == pytest.approx(row["ssim"], abs=0.03)
+        else:
+            assert other["psnr"] == row["psnr"] and other["ssim"] == row["ssim"]
 
 
 def test_tta_changes_only_the_cvdm_draws_and_is_reported(tmp_path: Path, model_path: Path) -> None:

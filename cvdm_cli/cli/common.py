@@ -240,7 +240,7 @@ PrecisionOpt = Annotated[
     typer.Option(
         "--precision",
         case_sensitive=False,
-        help="auto = bf16 on CUDA devices that support it, fp32 otherwise.",
+        help="auto = bf16 on CUDA and on CPUs with native bf16 (AMX, AVX512-BF16), else fp32.",
     ),
 ]
 TtaOpt = Annotated[

@@ -12,7 +12,15 @@ from rich import box
 from rich.markup import escape
 from rich.table import Table
 
-from cvdm_cli.cli.common import ThreadsOpt, apply_threads, run_guarded, stderr, stdout
+from cvdm_cli.cli.common import (
+    PrecisionChoice,
+    PrecisionOpt,
+    ThreadsOpt,
+    apply_threads,
+    run_guarded,
+    stderr,
+    stdout,
+)
 from cvdm_cli.views import TTA_DEFAULT
 
 
@@ -74,6 +82,7 @@ def evaluate(
         help="Draw sample k from flip/rotation k % 8 of the input, as cvdm enhance does.",
     ),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
+    precision: PrecisionOpt = PrecisionChoice.auto,
     threads: ThreadsOpt = None,
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or table."),
@@ -86,10 +95,11 @@ def evaluate(
 
     def body() -> None:
         apply_threads(threads)
-        from cvdm_cli.devices import pick_device
+        from cvdm_cli.devices import pick_device, pick_precision
         from cvdm_cli.evaluate import evaluate as run_evaluation
 
         dev = pick_device(device)
+        precision_used = pick_precision(precision.value, dev)
         path = _resolve(model)
         start = time.perf_counter()
         with _ProgressBar(disabled=quiet) as bar:
@@ -114,6 +124,7 @@ def evaluate(
                 sampler_seed=sampler_seed,
                 tta=tta,
                 device=str(dev),
+                precision=precision_used,
                 progress=bar.update,
             )
         for notice in report.notices:

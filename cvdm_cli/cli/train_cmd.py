@@ -97,7 +97,9 @@ def train(
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
     threads: ThreadsOpt = None,
     precision: str = typer.Option(
-        "auto", "--precision", help="auto (bf16 on CUDA), fp32, bf16, fp16."
+        "auto",
+        "--precision",
+        help="auto (bf16 on CUDA and on CPUs with native bf16), fp32, bf16, fp16.",
     ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Only errors."),
     json_out: bool = typer.Option(False, "--json", help="Print a JSON summary on stdout."),
