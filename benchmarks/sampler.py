@@ -2,9 +2,9 @@
 
 Prints, for each preset: parameters, GFLOP per denoiser pass at 256x256 (counted with
 torch.utils.flop_counter, multiply-add = 2 FLOP), passes/s on this CPU (fp32 and bf16
-autocast) and, when CUDA is available, on the GPU with bf16 autocast + channels_last
-(+ torch.compile with --compile) and the achieved fraction of the device's peak bf16
-FLOP/s. Then the time and
+autocast, NCHW and channels-last weights) and, when CUDA is available, on the GPU with
+bf16 autocast + channels_last (+ torch.compile with --compile) and the achieved fraction
+of the device's peak bf16 FLOP/s. Then the time and
 network calls (NFE) of the reference vs the fast sampler for 8 samples of one 256x256
 image, and, for a tiny model trained for a few minutes on simulated pairs (or a model
 given with --model and pairs with --data), the PSNR of the fast sampler at 10/20/50 steps
@@ -107,9 +107,15 @@ def bench_presets(
             "gflop_per_pass": flops / 1e9,
         }
         if not skip_cpu:
-            row["cpu_passes_per_s"] = passes_per_second(model, size, cpu_batch)
-            # bf16 autocast: what --precision auto picks on CPUs with native bf16.
-            row["cpu_bf16_passes_per_s"] = passes_per_second(model, size, cpu_batch, bf16=True)
+            # NCHW as constructed, then channels-last as the samplers run it
+            # (CVDM.prepare_inference); bf16 autocast is what --precision auto picks on CPUs
+            # with native bf16.
+            for layout in ("nchw", "nhwc"):
+                if layout == "nhwc":
+                    model.prepare_inference()
+                for label, bf16 in (("fp32", False), ("bf16", True)):
+                    rate = passes_per_second(model, size, cpu_batch, bf16=bf16)
+                    row[f"cpu_{layout}_{label}_passes_per_s"] = rate
             row["cpu_native_bf16"] = cpu_has_native_bf16()
         if torch.cuda.is_available():
             gpu = model.to("cuda").to(memory_format=torch.channels_last)

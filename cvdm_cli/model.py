@@ -275,6 +275,22 @@ class CVDM(nn.Module):
     def device(self) -> torch.device:
         return next(self.parameters()).device
 
+    def prepare_inference(self) -> CVDM:
+        """eval(), and on CPU and CUDA the 4D weights stored channels-last (NHWC).
+
+        oneDNN and cuDNN run these convolutions faster in NHWC (on the 2-core Xeon: 2.2x
+        with bf16, 1.2x in fp32; docs/performance.md), and the activations follow the
+        weights' layout. Values are unchanged (outputs agree to float rounding) and saving
+        makes tensors contiguous again. Idempotent: a no-op once converted.
+        """
+        self.eval()
+        probe = self.denoiser.inp.weight
+        if probe.device.type in ("cpu", "cuda") and not probe.is_contiguous(
+            memory_format=torch.channels_last
+        ):
+            self.to(memory_format=torch.channels_last)
+        return self
+
     def condition(self, lowres: Tensor) -> Tensor:
         """Bicubic upsampling to the output grid: (N,1,h,w) -> (N,1,scale*h,scale*w)."""
         return F.interpolate(

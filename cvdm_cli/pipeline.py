@@ -209,7 +209,7 @@ def get_model(ref: ModelRef) -> CVDM:
     with _MODEL_LOCK:
         model = _MODEL_CACHE.get(key)
         if model is None:
-            model = load_weights(real, device=torch.device(ref.device)).eval()
+            model = load_weights(real, device=torch.device(ref.device)).prepare_inference()
             _MODEL_CACHE.clear()  # one model per process: free the previous one
             _MODEL_CACHE[key] = model
     return model

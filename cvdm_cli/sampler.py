@@ -293,7 +293,7 @@ def reconstruct(
     """
     if samples < 1:
         raise ConfigError(f"samples must be >= 1, got {samples}")
-    model.eval()
+    model.prepare_inference()
     device = model.device
     lr, squeeze = _as_batch(lowres, device)
     h, w = model.config.scale * lr.shape[-2], model.config.scale * lr.shape[-1]
@@ -379,7 +379,7 @@ def schedule_map(model: CVDM, lowres: np.ndarray | Tensor) -> np.ndarray:
     sampling, so it is a free first look at where to distrust the output. Shapes as
     :func:`reconstruct`.
     """
-    model.eval()
+    model.prepare_inference()
     lr, squeeze = _as_batch(lowres, model.device)
     x, (h, w) = pad_to_multiple(model.condition(lr), model.pad_multiple)
     lam = model.lam(x)[:, :, :h, :w].float().cpu().numpy()

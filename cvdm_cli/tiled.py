@@ -206,7 +206,7 @@ def reconstruct_plane(
         )
     if samples < 1:
         raise ConfigError(f"samples must be >= 1, got {samples}", path="--samples")
-    model.eval()
+    model.prepare_inference()
     lowres = np.asarray(lowres, dtype=np.float32)
     if lowres.ndim != 2:
         raise ConfigError(f"a plane must be 2D, got shape {lowres.shape}")
@@ -408,6 +408,7 @@ def schedule_map_plane(
     batch_size: int | None = None,
 ) -> np.ndarray:
     """lambda(x) of a plane on the output grid (tiled and blended), float32 (H, W)."""
+    model.prepare_inference()
     with torch.inference_mode():
         plan = plan_for(model, np.asarray(lowres).shape, tile, overlap)
         bs = batch_size or auto_batch_size(plan.tile_shape[0] * plan.tile_shape[1], model.device)

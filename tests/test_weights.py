@@ -21,6 +21,38 @@ def test_roundtrip_bit_identical(tiny_model, tiny_weights):
     np.testing.assert_array_equal(a.var, b.var)
 
 
+def test_channels_last_inference_layout_keeps_values_and_saves(tmp_path, tiny_weights):
+    """prepare_inference stores 4D weights NHWC (the samplers call it): same outputs to
+    float rounding, idempotent, and a converted model saves and reloads bit for bit."""
+    plain = load_weights(tiny_weights)
+    with torch.no_grad():  # non-trivial weights, including the zero-initialised layers
+        gen = torch.Generator().manual_seed(0)
+        for p in plain.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=gen))
+    nhwc = load_weights(tiny_weights)
+    nhwc.load_state_dict(plain.state_dict())
+    assert nhwc.prepare_inference() is nhwc and not nhwc.training
+    conv = nhwc.denoiser.inp.weight
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+    assert plain.denoiser.inp.weight.is_contiguous()
+    before = {k: v.data_ptr() for k, v in nhwc.state_dict().items()}
+    nhwc.prepare_inference()  # a no-op the second time
+    assert {k: v.data_ptr() for k, v in nhwc.state_dict().items()} == before
+    gen = torch.Generator().manual_seed(1)
+    z, x = torch.randn(2, 1, 16, 16, generator=gen), torch.randn(2, 1, 16, 16, generator=gen)
+    gamma = torch.rand(2, 1, 16, 16, generator=gen)
+    with torch.inference_mode():
+        a, b = plain.eps(z, x, gamma), nhwc.eps(z, x, gamma)
+        lam_a, lam_b = plain.lam(x), nhwc.lam(x)
+    assert a.abs().max() > 0.1  # not a trivially zero output
+    torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(lam_b, lam_a, rtol=1e-4, atol=1e-5)
+    saved = save_weights(nhwc, tmp_path / "nhwc.safetensors")
+    again = load_weights(saved)
+    for key, value in plain.state_dict().items():
+        assert torch.equal(again.state_dict()[key], value), key
+
+
 def test_metadata_is_self_describing(tiny_weights):
     meta = read_metadata(tiny_weights)
     assert meta["cvdm.scale"] == "2"
