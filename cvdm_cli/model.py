@@ -281,14 +281,17 @@ class CVDM(nn.Module):
         oneDNN and cuDNN run these convolutions faster in NHWC (on the 2-core Xeon: 2.2x
         with bf16, 1.2x in fp32; docs/performance.md), and the activations follow the
         weights' layout. Values are unchanged (outputs agree to float rounding) and saving
-        makes tensors contiguous again. Idempotent: a no-op once converted.
+        makes tensors contiguous again. Idempotent: a no-op once converted. The samplers
+        call it inside ``torch.inference_mode``; the new weights are made outside it, so the
+        model can still be trained afterwards (inference tensors cannot enter autograd).
         """
         self.eval()
         probe = self.denoiser.inp.weight
         if probe.device.type in ("cpu", "cuda") and not probe.is_contiguous(
             memory_format=torch.channels_last
         ):
-            self.to(memory_format=torch.channels_last)
+            with torch.inference_mode(False), torch.no_grad():
+                self.to(memory_format=torch.channels_last)
         return self
 
     def condition(self, lowres: Tensor) -> Tensor:

@@ -47,6 +47,16 @@ def test_channels_last_inference_layout_keeps_values_and_saves(tmp_path, tiny_we
     assert a.abs().max() > 0.1  # not a trivially zero output
     torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(lam_b, lam_a, rtol=1e-4, atol=1e-5)
+    # the samplers convert inside inference mode; the model must stay trainable after it
+    fresh = load_weights(tiny_weights)
+    reconstruct(fresh, np.zeros((8, 8), np.float32), samples=2, steps=2)
+    weight = fresh.denoiser.inp.weight
+    assert weight.is_contiguous(memory_format=torch.channels_last)
+    assert not weight.is_inference() and weight.requires_grad
+    fresh.train()
+    (fresh.eps(z, x, gamma) * z).mean().backward()
+    out_weight = fresh.denoiser.out.weight  # the zero-initialised last layer gets a gradient
+    assert not out_weight.is_inference() and out_weight.grad.abs().sum() > 0
     saved = save_weights(nhwc, tmp_path / "nhwc.safetensors")
     again = load_weights(saved)
     for key, value in plain.state_dict().items():
