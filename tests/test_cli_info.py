@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 
 from cvdm_cli import __version__
 from cvdm_cli.cli.app import app
+from cvdm_cli.devices import cpu_has_native_bf16
 
 HUB_REV = "0123456789abcdef0123456789abcdef01234567"
 
@@ -54,6 +55,10 @@ def test_info_json_lists_versions_devices_cache_and_models(tmp_path, tiny_weight
     n_cuda = torch.cuda.device_count() if torch.cuda.is_available() else 0
     assert sum(d["device"].startswith("cuda") for d in data["devices"]) == n_cuda
     assert data["auto_precision"] in ("fp32", "bf16")
+    native = data["devices"][0]["native_bf16"]
+    assert native is cpu_has_native_bf16()
+    if data["auto_device"] == "cpu":
+        assert data["auto_precision"] == ("bf16" if native else "fp32")
     assert data["cache_dir"] == str(tmp_path / "cache")
     assert data["registry"] == str(registry) and data["registry_error"] is None
     models = {m["name"]: m for m in data["models"]}
@@ -80,6 +85,7 @@ def test_info_text_and_a_broken_registry(tmp_path, tiny_weights, monkeypatch):
     assert code == 0
     assert f"cvdm             {__version__}" in out
     assert torch.__version__ in out and "device cpu" in out
+    assert f"native bf16 {'yes' if cpu_has_native_bf16() else 'no'}" in out
     assert "* tiny-local" in out and "tiny-hub" in out and "not cached" in out
 
     registry.write_text("[broken]\ndescription = 1\n")

@@ -37,12 +37,16 @@ def _version(dist: str) -> str | None:
 def _devices() -> list[dict[str, Any]]:
     import torch
 
+    from cvdm_cli.devices import cpu_has_native_bf16
+
     found: list[dict[str, Any]] = [
         {
             "device": "cpu",
             "name": platform.processor() or platform.machine(),
             "cores": os.cpu_count(),
             "torch_threads": torch.get_num_threads(),
+            # AMX / AVX512-BF16: where --precision auto picks bf16 on the CPU
+            "native_bf16": cpu_has_native_bf16(),
         }
     ]
     if torch.cuda.is_available():
@@ -141,7 +145,8 @@ def _print(data: dict[str, Any]) -> None:
     row("packages", ", ".join(f"{k} {v or 'missing'}" for k, v in data["packages"].items()))
     for dev in data["devices"]:
         extra = {k: v for k, v in dev.items() if k not in ("device", "name")}
-        detail = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in extra.items())
+        shown = {k: {True: "yes", False: "no"}.get(v, v) for k, v in extra.items()}
+        detail = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in shown.items())
         row(f"device {dev['device']}", f"{dev['name']}" + (f" ({detail})" if detail else ""))
     row("auto device", f"{data['auto_device']} ({data['auto_precision']})")
     row("cache folder", data.get("cache_dir") or "-")
