@@ -114,6 +114,23 @@ import signal, threading
 if threading.current_thread() is threading.main_thread():
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 """
+# preload of local worker processes: when the client closes our own cluster (the end of a
+# batch, Ctrl-C) while a worker is still inside a task, the worker's next heartbeat finds the
+# scheduler gone and Dask logs it as an ERROR with a traceback. The nanny closes that worker
+# anyway, so the message is noise on the user's terminal; other worker errors still show.
+_QUIET_HEARTBEAT = """
+import logging
+
+class _DropSchedulerGone(logging.Filter):
+    def filter(self, record):
+        return not record.getMessage().startswith(
+            "Failed to communicate with scheduler during heartbeat"
+        )
+
+_logger = logging.getLogger("distributed.worker")
+if not any(type(f).__name__ == "_DropSchedulerGone" for f in _logger.filters):
+    _logger.addFilter(_DropSchedulerGone())
+"""
 # seconds to wait for a --scheduler address to answer
 CONNECT_TIMEOUT = 20
 
@@ -299,7 +316,7 @@ def _local_cluster(envs: Sequence[dict[str, str]], names: Sequence[str]) -> Spec
                 "env": dict(env),
                 "dashboard": False,
                 "silence_logs": logging.WARNING,
-                "preload": [_IGNORE_SIGINT],
+                "preload": [_IGNORE_SIGINT, _QUIET_HEARTBEAT],
             },
         }
         for name, env in zip(names, envs, strict=True)

@@ -92,6 +92,56 @@ def test_parse_gpus_and_device_mapping():
         cluster.gpu_devices("all", 0)
 
 
+def test_worker_preload_drops_only_the_scheduler_gone_heartbeat_error():
+    """Local workers log a heartbeat ERROR with a traceback when our own cluster closes
+    under a running task; the preload drops that record and nothing else."""
+    logger = logging.getLogger("distributed.worker")
+    before = list(logger.filters)
+    records: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    handler = Keep(level=logging.DEBUG)
+    logger.addHandler(handler)
+    try:
+        exec(cluster._QUIET_HEARTBEAT, {})
+        exec(cluster._QUIET_HEARTBEAT, {})  # Dask may run a preload twice: one filter
+        assert len(logger.filters) == len(before) + 1
+        try:
+            raise OSError("Stream is closed")
+        except OSError:
+            logger.exception("Failed to communicate with scheduler during heartbeat.")
+        logger.error("Unexpected exception during heartbeat. Closing worker.")
+        logging.getLogger("distributed.worker.state_machine").warning("another message")
+        assert [r.getMessage() for r in records] == [
+            "Unexpected exception during heartbeat. Closing worker.",
+            "another message",
+        ]
+    finally:
+        logger.removeHandler(handler)
+        logger.filters[:] = before
+
+
+def _worker_preload_state() -> tuple[list[str], bool]:
+    import signal
+
+    names = [type(f).__name__ for f in logging.getLogger("distributed.worker").filters]
+    return names, signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+
+
+@pytest.mark.slow
+def test_local_cluster_workers_run_the_preloads():
+    """The workers --workers starts ignore SIGINT and carry the heartbeat filter, once."""
+    with (
+        cluster._local_cluster([{}], ["cpu0"]) as local,
+        distributed.Client(local) as client,
+    ):
+        states = list(client.run(_worker_preload_state).values())
+    assert states == [(["_DropSchedulerGone"], True)]
+
+
 def test_option_errors_exit_2_before_any_work(tmp_path, tiny_weights):
     src = write(tmp_path / "a.tif", (12, 10), "YX")
     cases = [
