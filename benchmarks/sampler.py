@@ -118,7 +118,7 @@ def bench_presets(
                     row[f"cpu_{layout}_{label}_passes_per_s"] = rate
             row["cpu_native_bf16"] = cpu_has_native_bf16()
         if torch.cuda.is_available():
-            gpu = model.to("cuda").to(memory_format=torch.channels_last)
+            gpu = model.to("cuda").prepare_inference()  # channels-last, as the samplers
             dev_name, peak = gpu_peak()
             for label, kwargs in (
                 ("fp32", {}),

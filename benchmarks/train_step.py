@@ -9,6 +9,8 @@ fraction of peak uses the dense bf16 datasheet rate of the GPU (benchmarks/sampl
 
     python benchmarks/train_step.py --preset small --batch 8,32 --device cpu --steps 3
     python benchmarks/train_step.py --preset small --batch 16,32,64 --device cuda
+    python benchmarks/train_step.py --preset small --batch 8 --device cpu --precision bf16 \
+        --steps 5 [--channels-last]
 """
 
 from __future__ import annotations
@@ -28,11 +30,22 @@ from cvdm_cli import ModelConfig
 from cvdm_cli.trainer import TrainConfig, new_state, resolve_precision, train_step
 
 
-def bench(preset: str, batch: int, patch: int, steps: int, device: str, precision: str) -> dict:
+def bench(
+    preset: str,
+    batch: int,
+    patch: int,
+    steps: int,
+    device: str,
+    precision: str,
+    channels_last: bool = False,
+) -> dict:
     dev = torch.device(device)
     cfg = TrainConfig(batch_size=batch, patch=patch, precision=precision, warmup=10)
     model_config = ModelConfig.preset(preset)
     state = new_state(model_config, cfg, dev)
+    if channels_last:  # the samplers' layout (CVDM.prepare_inference); cvdm train keeps NCHW
+        for net in (state.model, state.ema):
+            net.to(memory_format=torch.channels_last)
     autocast = resolve_precision(precision, dev)
     side = patch * model_config.scale
     gen = torch.Generator().manual_seed(0)
@@ -55,6 +68,7 @@ def bench(preset: str, batch: int, patch: int, steps: int, device: str, precisio
         "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
         "precision": "bf16" if autocast is torch.bfloat16 else "fp32",
         "batch": batch,
+        "channels_last": channels_last,
         "hr_patch": side,
         "s_per_step": seconds,
         "patches_per_s": batch / seconds,
@@ -77,10 +91,16 @@ def main() -> None:
     ap.add_argument("--patch", type=int, default=64, help="LR patch side (HR is 2x)")
     ap.add_argument("--steps", type=int, default=20, help="timed steps per batch size")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--precision", default="auto", help="auto (bf16 on CUDA), fp32, bf16")
+    ap.add_argument("--precision", default="auto", help="auto (as cvdm train), fp32, bf16, fp16")
+    ap.add_argument(
+        "--channels-last", action="store_true", help="time NHWC weights (the samplers' layout)"
+    )
     args = ap.parse_args()
     for batch in (int(b) for b in args.batch.split(",")):
-        row = bench(args.preset, batch, args.patch, args.steps, args.device, args.precision)
+        row = bench(
+            args.preset, batch, args.patch, args.steps, args.device, args.precision,
+            args.channels_last,
+        )  # fmt: skip
         print(
             json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}),
             flush=True,

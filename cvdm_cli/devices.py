@@ -7,6 +7,12 @@ import torch
 from cvdm_cli.errors import ConfigError, DeviceError
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+# torch.autocast dtype of each resolved precision (None: float32, no autocast)
+AUTOCAST_DTYPES: dict[str, torch.dtype | None] = {
+    "fp32": None,
+    "bf16": torch.bfloat16,
+    "fp16": torch.float16,
+}
 
 
 def pick_device(spec: str = "auto") -> torch.device:

@@ -434,7 +434,7 @@ class _Run:
     rl_iterations: int | None
     seed: int
     tta: bool
-    precision: str = "fp32"
+    precision: str
 
     def calls(self, with_reference: bool) -> int:
         """Denoiser passes (image-samples x steps) for one image."""

@@ -206,15 +206,18 @@ class EvaluationReport:
             if st.get("tta")
             else ""
         )
-        if st.get("precision") not in (None, "fp32"):
-            tta += f" Denoiser in {st['precision']} autocast."
+        precision = (
+            f" Denoiser in {st['precision']} autocast."
+            if st.get("precision") not in (None, "fp32")
+            else ""
+        )
         lines += [
             "",
             f"Scores after the CSBDeep fair comparison (target percentiles 0.1/99.9, "
             f"least-squares scale and offset). cvdm: {st.get('samples')} fast samples x "
-            f"{st.get('steps')} steps{reference}{seeds}.{tta} 'calib.': what a calibrated sampler "
-            "would reach with that many samples (Spearman: leave-one-out, each sample in turn "
-            "as the truth).",
+            f"{st.get('steps')} steps{reference}{seeds}.{tta}{precision} 'calib.': what a "
+            "calibrated sampler would reach with that many samples (Spearman: leave-one-out, "
+            "each sample in turn as the truth).",
         ]
         return "\n".join(lines) + "\n"
 

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from cvdm_cli import views
+from cvdm_cli.devices import AUTOCAST_DTYPES
 from cvdm_cli.diffusion import gamma_map
 from cvdm_cli.errors import ConfigError
 from cvdm_cli.model import CVDM
@@ -238,11 +239,11 @@ def pad_to_multiple(x: Tensor, multiple: int) -> tuple[Tensor, tuple[int, int]]:
 
 def autocast_context(device: torch.device, precision: str):
     """torch.autocast for 'bf16'/'fp16', a no-op context for 'fp32'."""
-    if precision == "fp32":
-        return torch.autocast(device.type, enabled=False)
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
-    if dtype is None:
+    if precision not in AUTOCAST_DTYPES:
         raise ConfigError(f"unknown precision {precision!r}", hint="use fp32, bf16 or fp16")
+    dtype = AUTOCAST_DTYPES[precision]
+    if dtype is None:
+        return torch.autocast(device.type, enabled=False)
     return torch.autocast(device.type, dtype=dtype)
 
 

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from cvdm_cli.config import ModelConfig
-from cvdm_cli.devices import pick_precision
+from cvdm_cli.devices import AUTOCAST_DTYPES, pick_precision
 from cvdm_cli.diffusion import LossTerms, cvdm_losses
 from cvdm_cli.errors import DataError, InputNotFoundError, InvalidWeightsError
 from cvdm_cli.model import CVDM
@@ -398,8 +398,7 @@ StepCallback = Callable[[int, dict[str, float]], None]
 
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype for a --precision option (None = fp32); 'auto' as in enhance."""
-    chosen = pick_precision(precision, device)
-    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[chosen]
+    return AUTOCAST_DTYPES[pick_precision(precision, device)]
 
 
 def train_step(
