@@ -66,9 +66,6 @@ class TrainConfig:
     seed: int = 0
     precision: str = "auto"  # auto = bf16 on CUDA and native-bf16 CPUs, else fp32
     hint_blind: float = 0.25  # PSF-hint models: share of patches trained without a PSF
-    # learning-rate factor for every weight but the denoiser's input convolution (which
-    # holds a new PSF-hint channel after --init): < 1 fine-tunes a trained body gently
-    body_lr_scale: float = 1.0
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -399,23 +396,11 @@ def load_checkpoint(path: Path, cfg: TrainConfig, device: torch.device) -> Train
 
 
 def make_optimizer(model: CVDM, cfg: TrainConfig) -> torch.optim.AdamW:
-    """AdamW; with ``cfg.body_lr_scale`` != 1 two groups: the denoiser's input convolution
-    (``lr_scale`` 1) and the rest (``lr_scale`` = body_lr_scale). The order of the
-    parameters is fixed, so a checkpoint's moments load into a rebuilt optimizer."""
     # fused kernels on CUDA: one launch per step instead of several per parameter
     fused = next(model.parameters()).device.type == "cuda"
-    if cfg.body_lr_scale == 1.0:
-        groups = [{"params": list(model.parameters()), "lr_scale": 1.0}]
-    else:
-        head = {id(p) for p in model.denoiser.inp.parameters()}
-        groups = [
-            {"params": [p for p in model.parameters() if id(p) in head], "lr_scale": 1.0},
-            {
-                "params": [p for p in model.parameters() if id(p) not in head],
-                "lr_scale": cfg.body_lr_scale,
-            },
-        ]
-    return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused)
+    return torch.optim.AdamW(
+        model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused
+    )
 
 
 def new_state(
@@ -501,7 +486,7 @@ def train_step(
     Returns the step's record (loss terms, learning rate, gradient norm)."""
     model, opt = state.model, state.optimizer
     for group in opt.param_groups:
-        group["lr"] = learning_rate(state.step, cfg) * group.get("lr_scale", 1.0)
+        group["lr"] = learning_rate(state.step, cfg)
     terms: LossTerms = cvdm_losses(model, x, y, generator=state.gen, autocast_dtype=autocast)
     opt.zero_grad(set_to_none=True)
     terms.total.backward()

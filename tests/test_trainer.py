@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from conftest import cvdm
 
-from cvdm_cli import CVDM, ModelConfig, load_weights, reconstruct
+from cvdm_cli import ModelConfig, load_weights, reconstruct
 from cvdm_cli.errors import DataError, InvalidPixelsError
 from cvdm_cli.trainer import (
     PairedData,
@@ -255,23 +255,3 @@ def test_validation_scores_the_requested_number_of_held_out_pairs(tmp_path, val_
     validation = load_weights(tmp_path / "m.safetensors").info["validation"]
     assert validation["val_images"] == scored
     assert np.isfinite(validation["val_psnr"]) and np.isfinite(validation["val_psnr_bicubic"])
-
-
-def test_body_lr_scale_zero_trains_only_the_input_layer(tmp_path):
-    """--body-lr-scale: the denoiser's input convolution learns at the full rate, every
-    other weight at the scaled one (0: frozen, weight decay included)."""
-    data = _small_data(tmp_path)
-    cfg = TrainConfig(steps=4, batch_size=2, patch=8, warmup=1, val_every=0,
-                      checkpoint_every=100, body_lr_scale=0.0)  # fmt: skip
-    torch.manual_seed(0)
-    start = CVDM(ModelConfig.preset("tiny"))
-    with torch.no_grad():  # a "trained" model: no zero-initialised output layers
-        for p in start.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    state = train(data, model_config=start.config, cfg=cfg, out=tmp_path / "m.safetensors",
-                  init=start)  # fmt: skip
-    lrs = [g["lr"] for g in state.optimizer.param_groups]
-    assert lrs[0] > 0 and lrs[1] == 0
-    before, after = start.state_dict(), state.model.state_dict()
-    moved = {name for name in before if not torch.equal(before[name], after[name])}
-    assert moved == {"denoiser.inp.weight", "denoiser.inp.bias"}

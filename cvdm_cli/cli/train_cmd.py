@@ -84,14 +84,6 @@ def train(
         max=1.0,
         help="With --psf-hint: share of patches trained without a PSF (the model's blind mode).",
     ),
-    body_lr_scale: float = typer.Option(
-        1.0,
-        "--body-lr-scale",
-        min=0.0,
-        help="Learning-rate factor for every weight but the denoiser's input layer (with "
-        "--init --psf-hint: fine-tune the trained body gently while the new hint channel "
-        "learns at the full rate).",
-    ),
     steps: int = typer.Option(10_000, "--steps", help="Total optimisation steps."),
     batch_size: int = typer.Option(8, "--batch-size", help="Patches per step."),
     patch: int = typer.Option(64, "--patch", help="LR patch size (HR patch is 2x)."),
@@ -176,7 +168,6 @@ def train(
             seed=seed,
             precision=precision,
             hint_blind=hint_blind,
-            body_lr_scale=body_lr_scale,
         )
         if psf is not None and not psf_hint:
             raise ConfigError(
