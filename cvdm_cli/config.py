@@ -41,10 +41,6 @@ class ModelConfig:
         loss_weights: weights of (eps, beta, prior KL, gamma-smoothness) (paper: 1, 2, 2, 2).
     Data:
         norm_low, norm_high: input percentiles mapped to -1 and +1 (CSBDeep default 1, 99.8).
-    PSF hint (:mod:`cvdm_cli.psf_hint`):
-        psf_hint: the condition has a second channel, the input deconvolved with a known
-            PSF (Richardson-Lucy, ``hint_iterations`` iterations on the input grid), or
-            a copy of the input when no PSF is known; False: the condition is the input.
     """
 
     name: str = "custom"
@@ -66,8 +62,6 @@ class ModelConfig:
     loss_weights: tuple[float, float, float, float] = (1.0, 2.0, 2.0, 2.0)
     norm_low: float = 1.0
     norm_high: float = 99.8
-    psf_hint: bool = False
-    hint_iterations: int = 10
     extra: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
     def __post_init__(self) -> None:
@@ -92,11 +86,6 @@ class ModelConfig:
     def pad_multiple(self) -> int:
         """Output-grid sizes must be multiples of this (one halving per level below 0)."""
         return 2 ** (len(self.channel_mults) - 1)
-
-    @property
-    def condition_channels(self) -> int:
-        """Channels of the condition x: the input, plus the PSF hint when there is one."""
-        return 2 if self.psf_hint else 1
 
     # --- presets ---------------------------------------------------------------------
 

@@ -123,8 +123,7 @@ def cvdm_losses(
 ) -> LossTerms:
     """All CVDM loss terms for a batch.
 
-    x: condition on the output grid (N,C,H,W) (``model.condition(lowres)``); y: target
-    (N,1,H,W).
+    x: condition on the output grid (N,1,H,W) (``model.condition(lowres)``); y: target.
     t: (N,) times in [0, 1) (default: uniform per sample); eps: noise (default: normal).
     autocast_dtype: run the denoiser under autocast (e.g. torch.bfloat16 on CUDA); the
     schedule terms stay in float32.
@@ -136,7 +135,7 @@ def cvdm_losses(
     t = t.clamp(0.0, cfg.gamma_max)  # as the reference (t clipped to 0.99999)
     if eps is None:
         eps = torch.randn(y.shape, generator=generator, device="cpu").to(x.device)
-    r = y - model.base(x)
+    r = y - x
     lam = model.lam(x)
 
     sched = schedule_with_derivatives(model, lam, t)

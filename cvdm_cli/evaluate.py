@@ -62,7 +62,6 @@ from cvdm_cli.evaluate_report import (
     write_reports,
 )
 from cvdm_cli.normalize import NormParams, denormalize, percentile_normalize
-from cvdm_cli.psf_hint import compute_hint, input_grid_psf, read_psf
 from cvdm_cli.views import TTA_DEFAULT
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -254,7 +253,9 @@ class _PSFs:
         self.sources: set[str] = set()
         self.notices: list[str] = []
         if psf_file is not None:
-            self.fixed = read_psf(psf_file)
+            if not psf_file.is_file():
+                raise InputNotFoundError("PSF file not found", path=psf_file)
+            self.fixed = baselines.normalize_psf(_read_psf(psf_file))
             self.sources.add(f"file {psf_file.name} (used as given, on the output grid)")
         if sigma_nm is not None and not sigma_nm > 0:
             raise ConfigError(f"the PSF sigma must be positive, got {sigma_nm} nm")
@@ -303,6 +304,15 @@ class _PSFs:
         where = "" if self.fixed is not None or self.sigma_nm else f" from {PARAMS_FILE}"
         extra = "" if self.fixed is not None else ", integrated over the input pixel"
         return "; ".join(sorted(self.sources)) + where + extra
+
+
+def _read_psf(path: Path) -> np.ndarray:
+    """All planes of a PSF TIFF, (Z, Y, X) or (Y, X), float64."""
+    from cvdm_cli.tiff import open_tiff
+
+    with open_tiff(path) as tif:
+        planes = [np.asarray(p, dtype=np.float64) for p in tif.iter_planes()]
+    return np.stack(planes) if len(planes) > 1 else planes[0]
 
 
 def _simulation_psf() -> Callable[[Mapping[str, Any], float], np.ndarray] | None:
@@ -425,7 +435,6 @@ class _Run:
     seed: int
     tta: bool
     precision: str
-    psf_hint: bool = False  # PSF-hint model given each pair's RL PSF
 
     def calls(self, with_reference: bool) -> int:
         """Denoiser passes (image-samples x steps) for one image."""
@@ -452,7 +461,7 @@ class _Progress:
 
 def _sample(
     run: _Run, x_norm: np.ndarray, norm: NormParams, sampler: str, seed: int,
-    on_progress: Callable[[int, int], None], hint: np.ndarray | None = None,
+    on_progress: Callable[[int, int], None],
 ) -> tuple[np.ndarray, float]:  # fmt: skip
     """cvdm samples (K, H, W) mapped back to input units, and the seconds they took."""
     import torch
@@ -472,7 +481,6 @@ def _sample(
         return_samples=True,
         tta=run.tta,
         precision=run.precision,
-        hint=hint,
     )
     seconds = time.perf_counter() - t0
     if rec.samples is None:  # pragma: no cover - reconstruct honours return_samples
@@ -526,11 +534,6 @@ def _score_pair(
 
     cfg = run.model.config
     x_norm, norm = percentile_normalize(lr, cfg.norm_low, cfg.norm_high)
-    hint = None
-    if run.psf_hint and psf is not None:  # the PSF RL uses, on the input grid
-        t_hint = time.perf_counter()
-        hint = compute_hint(x_norm, input_grid_psf(psf, run.scale), cfg.hint_iterations)
-        t_hint = time.perf_counter() - t_hint
     fair_cvdm, std_cvdm = None, None
     for sampler in run.samplers:
         if sampler == "reference" and not with_reference:
@@ -541,8 +544,7 @@ def _score_pair(
         def on_progress(done: int, total: int, detail: str = f"{stem}: {method}") -> None:
             progress.emit(detail, extra=done)
 
-        s, seconds = _sample(run, x_norm, norm, sampler, run.seed + index, on_progress, hint)
-        seconds += t_hint if hint is not None else 0.0
+        s, seconds = _sample(run, x_norm, norm, sampler, run.seed + index, on_progress)
         progress.done += s.shape[0] * n_steps
         row, fair, std = score_samples(stem, method, s, hr, steps=n_steps, seconds=seconds)
         rows.append(row)
@@ -601,7 +603,6 @@ def evaluate(
     tta: bool = TTA_DEFAULT,
     device: str = "cpu",
     precision: str = "fp32",
-    psf_hint: bool = True,
     progress: ProgressFn | None = None,
 ) -> EvaluationReport:
     """Score cvdm, bicubic and Richardson–Lucy on the pairs of ``lr_dir`` and ``hr_dir``.
@@ -630,9 +631,6 @@ def evaluate(
         device: where a model loaded from a path goes ("cpu", "cuda", ...).
         precision: the denoiser's autocast, "fp32", "bf16" or "fp16" (resolved already:
             :func:`cvdm_cli.devices.pick_precision`); schedule and updates stay float32.
-        psf_hint: give a PSF-hint model (``ModelConfig.psf_hint``) each pair's
-            Richardson–Lucy PSF (:mod:`cvdm_cli.psf_hint`); False scores it blind. Other
-            models ignore it.
         progress: called with :class:`ProgressEvent` ("tune-rl", then "evaluate").
     Raises:
         DataError (unpaired files, HR not exactly scale x LR, bad params.json),
@@ -714,7 +712,6 @@ def evaluate(
         seed=seed if sampler_seed is None else sampler_seed,
         tta=tta,
         precision=precision,
-        psf_hint=bool(psf_hint and model.config.psf_hint and not missing),
     )
 
     # --- score every test image ----------------------------------------------------------
@@ -767,7 +764,6 @@ def evaluate(
         "tta": tta,
         "device": str(model.device),
         "precision": precision,
-        "psf_hint": run.psf_hint if model.config.psf_hint else None,
         "input_percentiles": [model.config.norm_low, model.config.norm_high],
         "target_percentiles": [metrics.TARGET_PMIN, metrics.TARGET_PMAX],
         "seconds_total": time.perf_counter() - t_start,

@@ -211,15 +211,11 @@ class EvaluationReport:
             if st.get("precision") not in (None, "fp32")
             else ""
         )
-        hint = {
-            True: " cvdm is given each image's Richardson–Lucy PSF (PSF hint).",
-            False: " cvdm runs blind (a PSF-hint model given no PSF).",
-        }.get(st.get("psf_hint"), "")
         lines += [
             "",
             f"Scores after the CSBDeep fair comparison (target percentiles 0.1/99.9, "
             f"least-squares scale and offset). cvdm: {st.get('samples')} fast samples x "
-            f"{st.get('steps')} steps{reference}{seeds}.{tta}{precision}{hint} 'calib.': what a "
+            f"{st.get('steps')} steps{reference}{seeds}.{tta}{precision} 'calib.': what a "
             "calibrated sampler would reach with that many samples (Spearman: leave-one-out, "
             "each sample in turn as the truth).",
         ]

@@ -20,7 +20,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cvdm_cli.config import ModelConfig
-from cvdm_cli.errors import ConfigError
 
 
 def _inv_softplus(y: float) -> float:
@@ -160,8 +159,7 @@ class AttentionBlock(nn.Module):
 class GammaConditionedUNet(nn.Module):
     """SR3-style denoiser: eps_hat = f(concat(z_t, x), gamma_map).
 
-    Inputs: zx (N, 1 + C, H, W) with C = ``cfg.condition_channels``, gamma (N, 1, H, W);
-    output (N, 1, H, W).
+    Inputs: zx (N, 2, H, W), gamma (N, 1, H, W); output (N, 1, H, W).
     The gamma map is embedded once by a 7x7 convolution + softplus (as in the reference
     ``sr3``), average-pooled alongside the features, and projected by a 1x1 convolution
     into every residual block.
@@ -173,7 +171,7 @@ class GammaConditionedUNet(nn.Module):
         widths = [ch * m for m in cfg.channel_mults]
         self.n_levels = len(widths)
         self.gamma_embed = nn.Conv2d(1, ch, 7, padding=3)
-        self.inp = _conv(1 + cfg.condition_channels, ch)
+        self.inp = _conv(2, ch)
 
         self.down_blocks = nn.ModuleList()
         self.down_attn = nn.ModuleList()
@@ -248,10 +246,9 @@ class GammaConditionedUNet(nn.Module):
 class CVDM(nn.Module):
     """Conditional Variational Diffusion Model for 2x super-resolution.
 
-    x = bicubic upsampling of the normalised low-resolution input (the condition; with
-    ``config.psf_hint`` a second channel, the upsampled PSF hint); the model diffuses the
-    residual r = y - base(x) (``diffusion.q_sample``) and the sampler adds base(x) back.
-    ``info`` holds free-form metadata from a weights file (training data, steps,
+    x = bicubic upsampling of the normalised low-resolution input (the condition);
+    the model diffuses the residual r = y - x (``diffusion.q_sample``) and the sampler adds
+    x back. ``info`` holds free-form metadata from a weights file (training data, steps,
     metrics); it is not part of the state dict.
     """
 
@@ -298,65 +295,19 @@ class CVDM(nn.Module):
         return self
 
     def condition(self, lowres: Tensor) -> Tensor:
-        """Bicubic upsampling to the output grid: (N,C,h,w) -> (N,C,scale*h,scale*w).
-
-        C = ``config.condition_channels``: the normalised input, then (PSF-hint models) its
-        hint (:meth:`with_hint`).
-        """
+        """Bicubic upsampling to the output grid: (N,1,h,w) -> (N,1,scale*h,scale*w)."""
         return F.interpolate(
             lowres, scale_factor=float(self.config.scale), mode="bicubic", align_corners=False
         )
 
-    def with_hint(self, lowres: Tensor, hint: Tensor | None) -> Tensor:
-        """The model's input-grid condition: (N,1,h,w) -> (N,C,h,w).
-
-        PSF-hint models get ``hint`` (N,1,h,w) as channel 1, or a copy of ``lowres`` when
-        no PSF is known (the blind mode they were also trained in); other models refuse a
-        hint and get ``lowres`` as it is.
-        """
-        if not self.config.psf_hint:
-            if hint is not None:
-                raise ConfigError(
-                    "this model was not trained with a PSF hint",
-                    hint="drop --psf, or use a model trained with --psf-hint",
-                )
-            return lowres
-        return torch.cat([lowres, lowres if hint is None else hint.to(lowres)], dim=1)
-
-    @staticmethod
-    def base(x: Tensor) -> Tensor:
-        """The upsampled input (channel 0 of the condition), which the residual is added to."""
-        return x[:, :1]
-
     def lam(self, x: Tensor) -> Tensor:
-        """lambda(x) = softplus(U-Net_s(base(x))) >= 0, per pixel: (N,C,H,W) -> (N,1,H,W)."""
-        return F.softplus(self.schedule_net(self.base(x)))
+        """lambda(x) = softplus(U-Net_s(x)) >= 0, per pixel: (N,1,H,W) -> (N,1,H,W)."""
+        return F.softplus(self.schedule_net(x))
 
     def eps(self, z: Tensor, x: Tensor, gamma: Tensor) -> Tensor:
-        """eps_hat(z_t, x, gamma): z, gamma (N,1,H,W), x (N,C,H,W) -> (N,1,H,W)."""
+        """eps_hat(z_t, x, gamma): all (N,1,H,W) -> (N,1,H,W)."""
         return self.denoiser(torch.cat([z, x], dim=1), gamma)
 
     def n_parameters(self, part: str | None = None) -> int:
         module = self if part is None else getattr(self, part)
         return sum(p.numel() for p in module.parameters())
-
-
-def with_psf_hint(model: CVDM) -> CVDM:
-    """A PSF-hint copy of a model without one that computes exactly what it did.
-
-    The denoiser's first convolution gets one more input channel with zero weights, so
-    the hint starts ignored and fine-tuning (``cvdm train --init M --psf-hint``) learns to
-    use it. A model that already has a hint is returned as a copy.
-    """
-    import copy
-    import dataclasses
-
-    if model.config.psf_hint:
-        return copy.deepcopy(model)
-    out = CVDM(dataclasses.replace(model.config, psf_hint=True)).to(model.device)
-    state = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
-    w = state["denoiser.inp.weight"]  # (ch, 2, 3, 3): z, x
-    state["denoiser.inp.weight"] = torch.cat([w, torch.zeros_like(w[:, :1])], dim=1)
-    out.load_state_dict(state)
-    out.info = dict(model.info)
-    return out

@@ -29,7 +29,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fnmatch
-import functools
 import math
 import os
 import threading
@@ -53,7 +52,6 @@ from cvdm_cli.normalize import (
     denormalize_variance,
     percentile_normalize,
 )
-from cvdm_cli.psf_hint import compute_hint, read_psf
 from cvdm_cli.sampler import SAMPLERS, auto_batch_size, count_steps
 from cvdm_cli.tiff import OutputTiff, TiffInput, open_tiff, output_spec, with_samples_axis
 from cvdm_cli.tiled import TILINGS, plan_for, reconstruct_plane
@@ -112,8 +110,6 @@ class EnhanceSettings:
         ``sampler.auto_batch_size``). precision: "fp32", "bf16" or "fp16" (already
         resolved from "auto" for the device). spread: "var" or "std" output.
     write_mean: False for ``cvdm uncertainty`` (only the uncertainty outputs).
-    psf: a PSF TIFF whose Richardson–Lucy deconvolution of each plane is the PSF hint of
-        a model trained with one (:mod:`cvdm_cli.psf_hint`); None: no PSF known.
     threshold: std in input units; the fraction of pixels above it is reported.
     """
 
@@ -127,7 +123,6 @@ class EnhanceSettings:
     precision: str = "fp32"
     seed: int = 0
     tta: bool = TTA_DEFAULT
-    psf: str | None = None  # PSF TIFF for PSF-hint models (input pixel size), absolute path
     eta: float | None = None
     axes: str | None = None
     replace_nan: bool = False
@@ -276,25 +271,6 @@ def default_tile(
 
 def _round_tile(tile: int, mult: int) -> int:
     return max(mult, tile // mult * mult)
-
-
-def check_psf(psf: Path | None, model: CVDM, name: str) -> None:
-    """Before any file: the PSF loads, and the model can use one (ConfigError naming both)."""
-    if psf is None:
-        return
-    if not model.config.psf_hint:
-        raise errors.ConfigError(
-            f"model {name} was not trained with a PSF hint, so it cannot use --psf",
-            path=psf,
-            hint="drop --psf, or pick a model trained with `cvdm train --psf-hint`",
-        )
-    _psf_of(str(Path(psf).resolve()))
-
-
-@functools.lru_cache(maxsize=4)
-def _psf_of(path: str) -> np.ndarray:
-    """The normalised PSF of a file, read once per process."""
-    return read_psf(path)
 
 
 def check_tiling(settings: EnhanceSettings, model: CVDM) -> None:
@@ -583,10 +559,7 @@ def process_plane(
         if notice is not None:
             notice(message)
 
-    hint = None
-    if settings.psf is not None:  # the plane deconvolved with the user's PSF
-        hint = compute_hint(norm, _psf_of(settings.psf), cfg.hint_iterations)
-    rec, used = _sample_with_fallback(model, norm, settings, index, label, progress, tell, hint)
+    rec, used = _sample_with_fallback(model, norm, settings, index, label, progress, tell)
     timings["sample"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -659,7 +632,6 @@ def _sample_with_fallback(
     label: str,
     progress: Callable[[int, int], None] | None,
     notice: Callable[[str], None],
-    hint: np.ndarray | None = None,
 ) -> tuple[Any, EnhanceSettings]:
     current = settings
     while True:
@@ -681,7 +653,6 @@ def _sample_with_fallback(
                 eta=current.eta,
                 callback=progress,
                 return_samples=current.save_samples,
-                hint=hint,
             )
             return rec, current
         except (RuntimeError, MemoryError) as exc:

@@ -248,7 +248,7 @@ def autocast_context(device: torch.device, precision: str):
 
 
 def make_eps_fn(model: CVDM, x: Tensor, precision: str = "fp32") -> EpsFn:
-    """Denoiser closure on a fixed condition x (B,C,H,W) (float32 out)."""
+    """Denoiser closure on a fixed condition x (B,1,H,W) (float32 out)."""
 
     def eps_fn(z: Tensor, gamma: Tensor) -> Tensor:
         with autocast_context(x.device, precision):
@@ -282,13 +282,10 @@ def reconstruct(
     precision: str = "fp32",
     clip: float | None = 4.0,
     tta: bool = False,
-    hint: np.ndarray | Tensor | None = None,
 ) -> Reconstruction:
     """Sample the model ``samples`` times per image; return mean and variance.
 
     lowres: normalised low-res image(s), (h, w) or (N, 1, h, w), on the model's device.
-    hint: the PSF hint of each image, the shape of ``lowres`` (PSF-hint models only;
-    :mod:`cvdm_cli.psf_hint`); None = no PSF known.
     Outputs are on the (scale*h, scale*w) grid. Memory does not grow with ``samples``
     (streaming Welford) unless ``return_samples``. ``batch_size`` counts image-samples per
     denoiser call. ``callback(done, total)`` after each call, in image-sample passes.
@@ -300,10 +297,6 @@ def reconstruct(
     model.prepare_inference()
     device = model.device
     lr, squeeze = _as_batch(lowres, device)
-    hint_b = None if hint is None else _as_batch(hint, device)[0]
-    if hint_b is not None and hint_b.shape != lr.shape:
-        raise ConfigError(f"hint shape {tuple(hint_b.shape)} differs from {tuple(lr.shape)}")
-    lr = model.with_hint(lr, hint_b)  # (N, C, h, w)
     h, w = model.config.scale * lr.shape[-2], model.config.scale * lr.shape[-1]
     n_img = lr.shape[0]
     items = [(i, k) for i in range(n_img) for k in range(samples)]  # image-major order
@@ -336,7 +329,7 @@ def reconstruct(
             x_b = torch.stack([xs[v][i] for i, v in keys])
             lam_b = torch.stack([lams[v][i] for i, v in keys])
             schedule = make_schedule(model, lam_b, sampler, steps)
-            shape = (1, *x_b.shape[2:])
+            shape = tuple(x_b.shape[1:])
             z = noise.draw(chunk, shape, device)
 
             def on_step(n_items: int = len(chunk)) -> None:
@@ -354,7 +347,7 @@ def reconstruct(
                 clip=clip,
                 on_step=on_step,
             )
-            y_b = model.base(x_b) + r
+            y_b = x_b + r
             for row, j in enumerate(chunk):  # Welford, one sample at a time
                 i, k = items[j]
                 v = keys[row][1]

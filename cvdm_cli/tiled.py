@@ -111,9 +111,8 @@ class _PlaneTiles:
     """Per-tile conditions and lambda maps of one or more views of a plane (all of one
     shape, so they share ``plan``), plus blending helpers (torch).
 
-    planes: (h, w), or (C, h, w) with the PSF hint as channel 1 (``CVDM.with_hint``).
-    x: (n_views * n_tiles, C, th, tw), lam: (n_views * n_tiles, 1, th, tw); row
-    ``slot * n_tiles + t`` is tile t of the view in slot ``slot`` (the order of ``planes``).
+    x, lam: (n_views * n_tiles, 1, th, tw); row ``slot * n_tiles + t`` is tile t of the
+    view in slot ``slot`` (the order of ``planes``).
     """
 
     def __init__(self, model: CVDM, planes: list[np.ndarray], plan: TilePlan, batch: int) -> None:
@@ -122,10 +121,12 @@ class _PlaneTiles:
         self.n_tiles = len(plan.tiles)
         windows = np.concatenate(
             [
-                np.stack([plan.cut_lr(plan.pad_lr(_channels(p)), t) for t in plan.tiles])
+                np.stack(
+                    [plan.cut_lr(plan.pad_lr(np.asarray(p, np.float32)), t) for t in plan.tiles]
+                )
                 for p in planes
             ]
-        )
+        )[:, None]
         xs, lams = [], []
         for start in range(0, len(windows), batch):
             win = torch.from_numpy(windows[start : start + batch]).to(device)
@@ -153,12 +154,6 @@ class _PlaneTiles:
     def crop(self, plane: Tensor) -> Tensor:
         (y0, y1, x0, x1) = self.plan.out_crop
         return plane[..., y0:y1, x0:x1]
-
-
-def _channels(plane: np.ndarray) -> np.ndarray:
-    """(h, w) or (C, h, w) -> float32 (C, h, w)."""
-    arr = np.asarray(plane, np.float32)
-    return arr[None] if arr.ndim == 2 else arr
 
 
 class _Welford:
@@ -197,12 +192,8 @@ def reconstruct_plane(
     callback: ProgressCallback | None = None,
     return_samples: bool = False,
     tta: bool = False,
-    hint: np.ndarray | None = None,
 ) -> PlaneReconstruction:
     """Sample one normalised plane (h, w) in tiles; outputs on the (scale*h, scale*w) grid.
-
-    hint: the plane's PSF hint (h, w) for PSF-hint models (:mod:`cvdm_cli.psf_hint`); None
-    = no PSF known.
 
     tile/overlap in output pixels (tile=None: the whole plane at once). ``batch_size``
     counts tile-samples per denoiser call (default from the device). ``callback(done,
@@ -219,13 +210,6 @@ def reconstruct_plane(
     lowres = np.asarray(lowres, dtype=np.float32)
     if lowres.ndim != 2:
         raise ConfigError(f"a plane must be 2D, got shape {lowres.shape}")
-    if hint is not None and np.shape(hint) != lowres.shape:
-        raise ConfigError(f"hint shape {np.shape(hint)} differs from the plane's {lowres.shape}")
-    with torch.inference_mode(False):  # with_hint builds no autograd state; numpy out
-        stacked = model.with_hint(
-            torch.from_numpy(lowres)[None, None],
-            None if hint is None else torch.from_numpy(np.asarray(hint, np.float32))[None, None],
-        )[0].numpy()
     # views of one shape share a tile plan: one group, or two for a non-square plane
     groups: dict[tuple[int, int], list[int]] = {}
     for v in sorted({views.view_of(k, tta) for k in range(samples)}):
@@ -255,7 +239,7 @@ def reconstruct_plane(
         per_set = max(1, (4 * bs) // len(plan.tiles))
         for v0 in range(0, len(shape_views), per_set):
             view_set = shape_views[v0 : v0 + per_set]
-            tiles = _PlaneTiles(model, [views.forward(stacked, v) for v in view_set], plan, bs)
+            tiles = _PlaneTiles(model, [views.forward(lowres, v) for v in view_set], plan, bs)
             if 0 in view_set:
                 rows = tiles.rows(view_set.index(0))
                 difficulty = tiles.crop(tiles.blend(tiles.lam[rows]))[0]
@@ -329,7 +313,7 @@ def _sample_sync(
     device = model.device
     plan = tiles.plan
     lam_plane = _per_sample(tiles, tiles.lam, slots)  # (K or 1, 1, Hp, Wp)
-    x_plane = _per_sample(tiles, CVDM.base(tiles.x), slots)
+    x_plane = _per_sample(tiles, tiles.x, slots)
     schedule = make_schedule(model, lam_plane, sampler, steps)
     noise = NoiseSource([_sample_seed(seed, plane_index, -1 & 0xFFFFFFFF, k) for k in ks])
     items = list(range(len(ks)))
@@ -407,7 +391,7 @@ def _sample_independent(
             clip=clip,
             on_step=lambda n=len(chunk): progress.add(n),
         )
-        y = CVDM.base(x_b) + r
+        y = x_b + r
         for row, j in enumerate(chunk):
             k, t = items[j]
             sl = plan.tiles[t].out_slices

@@ -37,7 +37,6 @@ from cvdm_cli.diffusion import LossTerms, cvdm_losses
 from cvdm_cli.errors import DataError, InputNotFoundError, InvalidWeightsError
 from cvdm_cli.model import CVDM
 from cvdm_cli.normalize import percentile_normalize
-from cvdm_cli.psf_hint import compute_hint
 
 CHECKPOINT_FORMAT = "cvdm-train-1"
 
@@ -65,7 +64,6 @@ class TrainConfig:
     val_fraction: float = 0.1
     seed: int = 0
     precision: str = "auto"  # auto = bf16 on CUDA and native-bf16 CPUs, else fp32
-    hint_blind: float = 0.25  # PSF-hint models: share of patches trained without a PSF
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -118,33 +116,19 @@ def pair_files(lr_dir: Path, hr_dir: Path) -> list[tuple[Path, Path]]:
 
 @dataclass
 class Pair:
-    """One normalised pair on the output grid: x (1,H,W) condition, y (1,H,W) target.
-
-    hints: PSF hints of the pair (:mod:`cvdm_cli.psf_hint`), each (1, h, w) on the input
-    grid (``lowres_hints``) and upsampled like x (``hints``); empty when no PSF is known.
-    """
+    """One normalised pair on the output grid: x (1,H,W) condition, y (1,H,W) target."""
 
     name: str
     lowres: Tensor  # (1, h, w) normalised LR
     x: Tensor
     y: Tensor
-    lowres_hints: tuple[Tensor, ...] = ()
-    hints: tuple[Tensor, ...] = ()
 
 
 class PairedData:
     """All pairs in memory (normalised), split into train and validation."""
 
     def __init__(
-        self,
-        pairs: Sequence[Pair],
-        *,
-        val_fraction: float,
-        patch: int,
-        scale: int,
-        seed: int = 0,
-        psf_hint: bool = False,
-        hint_blind: float = 0.25,
+        self, pairs: Sequence[Pair], *, val_fraction: float, patch: int, scale: int, seed: int = 0
     ) -> None:
         if len(pairs) < 2:
             raise DataError(
@@ -156,9 +140,6 @@ class PairedData:
         self.val = [pairs[i] for i in order[:n_val]]
         self.train = [pairs[i] for i in order[n_val:]]
         self.patch, self.scale = patch, scale
-        # PSF-hint training: each patch gets one of its pair's hints, or (with probability
-        # hint_blind, and always for pairs without a PSF) a copy of x, the blind mode
-        self.psf_hint, self.hint_blind = psf_hint, hint_blind
 
     @classmethod
     def from_folders(
@@ -170,51 +151,17 @@ class PairedData:
         patch: int,
         val_fraction: float,
         seed: int = 0,
-        hint_psfs: Callable[[str, Path], list[np.ndarray]] | None = None,
-        hint_blind: float = 0.25,
-        progress: Callable[[int, int], None] | None = None,
     ) -> PairedData:
-        """Read, check and normalise all pairs. ``hint_psfs(stem, lr_path)``: the
-        input-grid PSFs of a pair for its hints (PSF-hint models only; [] = none known).
-        ``progress(done, total)`` after each pair."""
         pairs = []
-        files = pair_files(Path(lr_dir), Path(hr_dir))
-        for n, (lr_path, hr_path) in enumerate(files):
+        for lr_path, hr_path in pair_files(Path(lr_dir), Path(hr_dir)):
             lr, hr = read_image(lr_path), read_image(hr_path)
-            psfs = hint_psfs(lr_path.stem, lr_path) if config.psf_hint and hint_psfs else []
             pairs.append(
-                make_pair(
-                    lr_path.stem, lr, hr, config=config, patch=patch, lr_path=lr_path, psfs=psfs
-                )
+                make_pair(lr_path.stem, lr, hr, config=config, patch=patch, lr_path=lr_path)
             )
-            if progress is not None:
-                progress(n + 1, len(files))
-        return cls(
-            pairs,
-            val_fraction=val_fraction,
-            patch=patch,
-            scale=config.scale,
-            seed=seed,
-            psf_hint=config.psf_hint,
-            hint_blind=hint_blind,
-        )
-
-    def condition(self, pair: Pair, rng: np.random.Generator | None) -> Tensor:
-        """The pair's condition on the output grid, (C,H,W): x, and for PSF-hint training
-        a hint drawn with ``rng`` (the first hint when ``rng`` is None, for validation)."""
-        if not self.psf_hint:
-            return pair.x
-        if not pair.hints:
-            return torch.cat([pair.x, pair.x])
-        if rng is None:
-            return torch.cat([pair.x, pair.hints[0]])
-        k = int(rng.integers(len(pair.hints)))
-        blind = bool(rng.random() < self.hint_blind)
-        return torch.cat([pair.x, pair.x if blind else pair.hints[k]])
+        return cls(pairs, val_fraction=val_fraction, patch=patch, scale=config.scale, seed=seed)
 
     def batch(self, rng: np.random.Generator, size: int) -> tuple[Tensor, Tensor]:
-        """Random aligned patches with random flips / 90-degree rotations: (B,C,P,P) and
-        (B,1,P,P) (C = 2 with a PSF hint, else 1)."""
+        """Random aligned patches with random flips / 90-degree rotations: (B,1,P,P) x 2."""
         hp = self.patch * self.scale
         xs, ys = [], []
         for _ in range(size):
@@ -223,7 +170,7 @@ class PairedData:
             # Patch corners on the LR grid, so x and y patches stay aligned with the LR pixels.
             i = int(rng.integers(0, (h - hp) // self.scale + 1)) * self.scale
             j = int(rng.integers(0, (w - hp) // self.scale + 1)) * self.scale
-            x = self.condition(pair, rng)[:, i : i + hp, j : j + hp]
+            x = pair.x[:, i : i + hp, j : j + hp]
             y = pair.y[:, i : i + hp, j : j + hp]
             k, flip = int(rng.integers(4)), bool(rng.integers(2))
             x, y = torch.rot90(x, k, (1, 2)), torch.rot90(y, k, (1, 2))
@@ -234,16 +181,7 @@ class PairedData:
         return torch.stack(xs), torch.stack(ys)
 
     def describe(self) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "train_pairs": len(self.train),
-            "val_pairs": len(self.val),
-            "patch_lr": self.patch,
-        }
-        if self.psf_hint:
-            out["pairs_with_psf"] = sum(bool(p.hints) for p in (*self.train, *self.val))
-            out["hints_per_pair"] = max((len(p.hints) for p in self.train), default=0)
-            out["hint_blind"] = self.hint_blind
-        return out
+        return {"train_pairs": len(self.train), "val_pairs": len(self.val), "patch_lr": self.patch}
 
 
 def make_pair(
@@ -254,10 +192,8 @@ def make_pair(
     config: ModelConfig,
     patch: int,
     lr_path: Path | None = None,
-    psfs: Sequence[np.ndarray] = (),
 ) -> Pair:
-    """Check shapes, normalise both images, and precompute the condition x (and the PSF
-    hints of ``psfs``, input-grid PSFs, for a PSF-hint ``config``)."""
+    """Check shapes, normalise both images, and precompute the condition x."""
     s = config.scale
     if hr.shape != (lr.shape[0] * s, lr.shape[1] * s):
         raise DataError(
@@ -276,14 +212,7 @@ def make_pair(
     lowres = torch.from_numpy(np.ascontiguousarray(lr_n))[None]
     x = F.interpolate(lowres[None], scale_factor=float(s), mode="bicubic", align_corners=False)[0]
     y = torch.from_numpy(np.ascontiguousarray(hr_n))[None]
-    lowres_hints = tuple(
-        torch.from_numpy(compute_hint(lr_n, psf, config.hint_iterations))[None] for psf in psfs
-    )
-    hints = tuple(
-        F.interpolate(h[None], scale_factor=float(s), mode="bicubic", align_corners=False)[0]
-        for h in lowres_hints
-    )
-    return Pair(name=name, lowres=lowres, x=x, y=y, lowres_hints=lowres_hints, hints=hints)
+    return Pair(name=name, lowres=lowres, x=x, y=y)
 
 
 # --- EMA and checkpoints ------------------------------------------------------------
@@ -445,11 +374,9 @@ def validate(model: CVDM, pairs: Sequence[Pair], cfg: TrainConfig) -> dict[str, 
         return {}
     scores, bicubic = [], []
     for i, pair in enumerate(pairs[: cfg.val_images] if cfg.val_images else pairs):
-        hint = pair.lowres_hints[0][None] if model.config.psf_hint and pair.lowres_hints else None
         rec = reconstruct(
             model,
             pair.lowres[None].to(model.device),
-            hint=hint,
             samples=cfg.val_samples,
             steps=cfg.val_steps,
             generator=torch.Generator().manual_seed(i),

@@ -251,15 +251,6 @@ TtaOpt = Annotated[
         "augmentation: the same number of denoiser passes; see docs/sampling.md).",
     ),
 ]
-PsfOpt = Annotated[
-    Path | None,
-    typer.Option(
-        "--psf",
-        help="A PSF TIFF (bead image or computed; 2D, or a 3D stack whose brightest plane is "
-        "used), sampled at the input's pixel size, for models trained with a PSF hint.",
-        show_default=False,
-    ),
-]
 SeedOpt = Annotated[
     int, typer.Option("--seed", help="Random seed: same seed and settings -> same output.")
 ]

@@ -49,7 +49,6 @@ from cvdm_cli.cli.common import (
     OverwriteOpt,
     PrecisionChoice,
     PrecisionOpt,
-    PsfOpt,
     QuietOpt,
     RecursiveOpt,
     ReplaceNanOpt,
@@ -102,7 +101,6 @@ def enhance(
     threads: ThreadsOpt = None,
     seed: SeedOpt = 0,
     tta: TtaOpt = TTA_DEFAULT,
-    psf: PsfOpt = None,
     axes: AxesOpt = None,
     std: StdOpt = False,
     difficulty: Annotated[
@@ -153,7 +151,6 @@ def uncertainty(
     threads: ThreadsOpt = None,
     seed: SeedOpt = 0,
     tta: TtaOpt = TTA_DEFAULT,
-    psf: PsfOpt = None,
     axes: AxesOpt = None,
     std: StdOpt = False,
     difficulty: Annotated[
@@ -227,7 +224,6 @@ def _run(
     threads: int | None,
     seed: int,
     tta: bool,
-    psf: Path | None,
     axes: str | None,
     std: bool,
     difficulty: bool,
@@ -262,7 +258,6 @@ def _run(
             precision=precision_used,
             seed=seed,
             tta=tta,
-            psf=None if psf is None else str(psf.resolve()),
             axes=axes,
             replace_nan=replace_nan,
             write_mean=mode == "enhance",
@@ -308,7 +303,6 @@ def _run(
     resolved = _resolve_model(model, cache_dir, quiet or json_out)
     ref = pipeline.ModelRef(path=str(resolved.path), device=str(torch_device), name=resolved.name)
     net = pipeline.get_model(ref)
-    pipeline.check_psf(psf, net, resolved.name)
     if tile is None:
         tile_used: int | None = pipeline.default_tile(net, torch_device, items=min(samples, 8))
     else:
@@ -367,8 +361,6 @@ def _run_cluster(
     # a CPU copy for the geometry (scale, size divisor): bad --tile values fail before any
     # worker starts
     net = pipeline.get_model(pipeline.ModelRef(path=str(resolved.path), device="cpu"))
-    psf = make_settings(None, "fp32").psf
-    pipeline.check_psf(None if psf is None else Path(psf), net, resolved.name)
     if tile:
         pipeline.check_tiling(make_settings(tile, "fp32"), net)
     if output is not None:

@@ -81,12 +81,6 @@ def evaluate(
         "--tta/--no-tta",
         help="Draw sample k from flip/rotation k % 8 of the input, as cvdm enhance does.",
     ),
-    psf_hint: bool = typer.Option(
-        True,
-        "--psf-hint/--no-psf-hint",
-        help="Give a PSF-hint model each pair's Richardson–Lucy PSF (--no-psf-hint: score "
-        "it blind). Other models ignore this.",
-    ),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
     precision: PrecisionOpt = PrecisionChoice.auto,
     threads: ThreadsOpt = None,
@@ -131,7 +125,6 @@ def evaluate(
                 tta=tta,
                 device=str(dev),
                 precision=precision_used,
-                psf_hint=psf_hint,
                 progress=bar.update,
             )
         for notice in report.notices:

@@ -63,27 +63,6 @@ def train(
         help="Fine-tune: start from these weights (registry name, .safetensors file or "
         "hf://...) instead of a new --preset model.",
     ),
-    psf_hint: bool = typer.Option(
-        False,
-        "--psf-hint",
-        help="Train a PSF-hint model: a second input channel holds the input deconvolved "
-        "with the pair's PSF (from the data's params.json or --psf), so `cvdm enhance --psf` "
-        "can use a known PSF. With --init, the starting model gets that channel (ignored "
-        "at first).",
-    ),
-    psf: Path | None = typer.Option(
-        None,
-        "--psf",
-        help="With --psf-hint: one PSF TIFF for all pairs, sampled at the LR pixel size "
-        "(default: each pair's PSF from params.json next to --lr).",
-    ),
-    hint_blind: float = typer.Option(
-        0.25,
-        "--hint-blind",
-        min=0.0,
-        max=1.0,
-        help="With --psf-hint: share of patches trained without a PSF (the model's blind mode).",
-    ),
     steps: int = typer.Option(10_000, "--steps", help="Total optimisation steps."),
     batch_size: int = typer.Option(8, "--batch-size", help="Patches per step."),
     patch: int = typer.Option(64, "--patch", help="LR patch size (HR patch is 2x)."),
@@ -167,12 +146,7 @@ def train(
             val_samples=val_samples,
             seed=seed,
             precision=precision,
-            hint_blind=hint_blind,
         )
-        if psf is not None and not psf_hint:
-            raise ConfigError(
-                "--psf is only used with --psf-hint", path="--psf", hint="add --psf-hint"
-            )
         if init is not None and (resume is not None or preset is not None):
             raise ConfigError(
                 f"--init cannot be combined with {'--resume' if resume else '--preset'}",
@@ -188,19 +162,9 @@ def train(
             model_config, _ = checkpoint_configs(resume)  # metadata only; train() loads it
         elif init is not None:
             init_model, data_info["init"] = _load_init(init)
-            if psf_hint:
-                from cvdm_cli.model import with_psf_hint
-
-                init_model = with_psf_hint(init_model)
             model_config = init_model.config
         else:
-            model_config = ModelConfig.preset(preset or "small", psf_hint=psf_hint)
-        if psf_hint and resume is not None and not model_config.psf_hint:
-            raise ConfigError(
-                "the checkpoint's model has no PSF hint",
-                path=resume,
-                hint="drop --psf-hint to continue it, or start a new run",
-            )
+            model_config = ModelConfig.preset(preset or "small")
         if simulate:
             folder = sim_dir or out.with_name(out.name.removesuffix(".safetensors") + ".simdata")
             if not (folder / "params.json").exists():
@@ -217,26 +181,9 @@ def train(
         else:
             data_lr, data_hr = lr_dir, hr_dir
             data_info["data"] = {"kind": "folders", "lr": str(lr_dir), "hr": str(hr_dir)}
-        hint_psfs = (
-            _hint_psfs(model_config, data_lr, data_hr, psf) if model_config.psf_hint else None
+        data = PairedData.from_folders(
+            data_lr, data_hr, config=model_config, patch=patch, val_fraction=val_fraction, seed=seed
         )
-        data = _load_pairs(
-            PairedData,
-            data_lr,
-            data_hr,
-            model_config,
-            patch,
-            val_fraction,
-            seed,
-            hint_psfs,
-            hint_blind,
-            quiet,
-        )
-        if model_config.psf_hint:
-            data_info["psf_hint"] = {
-                "source": str(psf) if psf is not None else "params.json",
-                **data.describe(),
-            }
         if not quiet:
             stderr.print(
                 f"training {model_config.name} on {len(data.train)} pairs "
@@ -315,45 +262,6 @@ def _export_only(
         stdout.print(json.dumps(summary), soft_wrap=True)
     elif not quiet:
         stderr.print(f"wrote {out} (EMA weights of step {summary['steps']})")
-
-
-def _hint_psfs(model_config, data_lr: Path, data_hr: Path, psf: Path | None):
-    """The per-pair hint PSFs: one file for all, or each pair's from params.json."""
-    from cvdm_cli.evaluate import load_params
-    from cvdm_cli.psf_hint import read_psf, simulation_hint_psfs
-
-    if psf is not None:
-        fixed = read_psf(psf)
-        return lambda stem, path: [fixed]
-    params = load_params(data_lr.parent, data_lr, data_hr.parent)
-    if not params:
-        raise ConfigError(
-            "--psf-hint needs each pair's PSF: no params.json next to --lr",
-            path=data_lr,
-            hint="give one PSF for all pairs with --psf FILE.tif",
-        )
-    return simulation_hint_psfs(params, model_config.scale)
-
-
-def _load_pairs(
-    paired_data, lr, hr, config, patch, val_fraction, seed, hint_psfs, hint_blind, quiet
-):
-    """PairedData.from_folders with a progress bar (hints take a few ms per pair)."""
-    from rich.progress import Progress
-
-    with Progress(console=stderr, disable=quiet, transient=True) as progress:
-        task = progress.add_task("reading pairs", total=None)
-        return paired_data.from_folders(
-            lr,
-            hr,
-            config=config,
-            patch=patch,
-            val_fraction=val_fraction,
-            seed=seed,
-            hint_psfs=hint_psfs,
-            hint_blind=hint_blind,
-            progress=lambda done, total: progress.update(task, completed=done, total=total),
-        )
 
 
 def _simulate(
