@@ -89,14 +89,22 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--antithetic", action="store_true")
     ap.add_argument("--tta", action="store_true", help="with --antithetic: keep TTA")
+    ap.add_argument(
+        "--shared-views",
+        action="store_true",
+        help="with --antithetic --tta: mates share a view (sample k in view k // 2 % 8)",
+    )
     ap.add_argument("--precision", default="fp32")
     args = ap.parse_args()
 
     model = load_weights(args.model)
     with (args.report / "metrics.csv").open() as fh:
         rl = {r["stem"]: r for r in csv.DictReader(fh) if r["method"] == "rl"}
+    if args.shared_views:  # mates in one view: the negated noise needs no mapping
+        shared = views.view_of
+        views.view_of = lambda k, tta: shared(k // 2, tta)
     if args.antithetic:
-        AntitheticNoise.tta = args.tta
+        AntitheticNoise.tta = args.tta and not args.shared_views
         smp.NoiseSource = AntitheticNoise  # reconstruct looks it up at call time
     totals: dict[str, list[tuple[float, float, bool]]] = {}
     for index, stem in enumerate(sorted(rl)):

@@ -435,6 +435,7 @@ class _Run:
     seed: int
     tta: bool
     precision: str
+    antithetic: bool = False
 
     def calls(self, with_reference: bool) -> int:
         """Denoiser passes (image-samples x steps) for one image."""
@@ -480,6 +481,7 @@ def _sample(
         callback=on_progress,
         return_samples=True,
         tta=run.tta,
+        antithetic=run.antithetic,
         precision=run.precision,
     )
     seconds = time.perf_counter() - t0
@@ -601,6 +603,7 @@ def evaluate(
     seed: int = 0,
     sampler_seed: int | None = None,
     tta: bool = TTA_DEFAULT,
+    antithetic: bool = False,
     device: str = "cpu",
     precision: str = "fp32",
     progress: ProgressFn | None = None,
@@ -626,6 +629,8 @@ def evaluate(
         seed: validation split and sampler noise (test image i uses seed + i).
         sampler_seed: sampler noise only (test image i uses sampler_seed + i), so that
             the same split and baselines can be rescored with other draws; default ``seed``.
+        antithetic: draw the samples in antithetic pairs, as ``cvdm enhance --antithetic``
+            (:func:`cvdm_cli.sampler.noise_mate`).
         tta: draw sample k from view k % 8 of the input (flips and quarter turns,
             :mod:`cvdm_cli.views`), as ``cvdm enhance`` does by default.
         device: where a model loaded from a path goes ("cpu", "cuda", ...).
@@ -712,6 +717,7 @@ def evaluate(
         seed=seed if sampler_seed is None else sampler_seed,
         tta=tta,
         precision=precision,
+        antithetic=antithetic,
     )
 
     # --- score every test image ----------------------------------------------------------
@@ -762,6 +768,7 @@ def evaluate(
         "seed": seed,
         "sampler_seed": run.seed,
         "tta": tta,
+        "antithetic": antithetic,
         "device": str(model.device),
         "precision": precision,
         "input_percentiles": [model.config.norm_low, model.config.norm_high],

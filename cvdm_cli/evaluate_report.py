@@ -206,6 +206,8 @@ class EvaluationReport:
             if st.get("tta")
             else ""
         )
+        if st.get("antithetic"):
+            tta += " Samples in antithetic pairs (2j + 1 with the negated noise of 2j)."
         precision = (
             f" Denoiser in {st['precision']} autocast."
             if st.get("precision") not in (None, "fp32")

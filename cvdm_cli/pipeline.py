@@ -123,6 +123,7 @@ class EnhanceSettings:
     precision: str = "fp32"
     seed: int = 0
     tta: bool = TTA_DEFAULT
+    antithetic: bool = False
     eta: float | None = None
     axes: str | None = None
     replace_nan: bool = False
@@ -647,6 +648,7 @@ def _sample_with_fallback(
                 sampler=current.sampler,
                 seed=current.seed,
                 tta=current.tta,
+                antithetic=current.antithetic,
                 plane_index=index,
                 batch_size=current.batch_size,
                 precision=current.precision,

@@ -146,12 +146,31 @@ class NoiseSource:
     noise, each row the next draw of that item's generator.
     """
 
-    def __init__(self, seeds: Sequence[int]) -> None:
+    def __init__(self, seeds: Sequence[int], signs: Sequence[float] | None = None) -> None:
         self.generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
+        self.signs = list(signs) if signs is not None else [1.0] * len(self.generators)
 
     def draw(self, items: Sequence[int], shape: tuple[int, ...], device: torch.device) -> Tensor:
-        rows = [torch.randn(shape, generator=self.generators[i]) for i in items]
+        rows = [self.signs[i] * torch.randn(shape, generator=self.generators[i]) for i in items]
         return torch.stack(rows).to(device)
+
+
+def noise_mate(sample: int, antithetic: bool) -> tuple[int, float]:
+    """(the sample whose noise stream ``sample`` draws, its sign).
+
+    Antithetic pairs: sample 2j + 1 replays sample 2j's noise negated (initial and
+    ancestral noise), so the pair's sampling errors partly cancel in the mean (docs/
+    sampling.md); an odd last sample stays independent. Otherwise every sample its own.
+    """
+    if antithetic and sample % 2:
+        return sample - 1, -1.0
+    return sample, 1.0
+
+
+def sample_view(sample: int, tta: bool, antithetic: bool) -> int:
+    """The view sample ``sample`` is drawn from: k % 8 with TTA; with antithetic pairs the
+    two mates share view (k // 2) % 8, so their opposite noises stay aligned."""
+    return views.view_of(sample // 2 if antithetic else sample, tta)
 
 
 def item_seeds(generator: torch.Generator | None, count: int) -> list[int]:
@@ -282,6 +301,7 @@ def reconstruct(
     precision: str = "fp32",
     clip: float | None = 4.0,
     tta: bool = False,
+    antithetic: bool = False,
 ) -> Reconstruction:
     """Sample the model ``samples`` times per image; return mean and variance.
 
@@ -290,7 +310,8 @@ def reconstruct(
     (streaming Welford) unless ``return_samples``. ``batch_size`` counts image-samples per
     denoiser call. ``callback(done, total)`` after each call, in image-sample passes.
     ``tta``: sample k is drawn from view k % 8 of the input and mapped back
-    (:mod:`cvdm_cli.views`); the same number of denoiser passes.
+    (:mod:`cvdm_cli.views`); the same number of denoiser passes. ``antithetic``: sample
+    2j + 1 draws the negated noise of sample 2j, in the same view (:func:`noise_mate`).
     """
     if samples < 1:
         raise ConfigError(f"samples must be >= 1, got {samples}")
@@ -300,9 +321,18 @@ def reconstruct(
     h, w = model.config.scale * lr.shape[-2], model.config.scale * lr.shape[-1]
     n_img = lr.shape[0]
     items = [(i, k) for i in range(n_img) for k in range(samples)]  # image-major order
-    noise = NoiseSource(item_seeds(generator, len(items)))  # seeds do not depend on views
+    seeds = item_seeds(generator, len(items))  # seeds do not depend on views
+    mates = [noise_mate(k, antithetic) for _, k in items]
+    noise = NoiseSource(
+        [seeds[j - k + m] for j, ((_, k), (m, _)) in enumerate(zip(items, mates, strict=True))],
+        [sign for _, sign in mates],
+    )
+
+    def view(k: int) -> int:
+        return sample_view(k, tta, antithetic)
+
     # condition and lambda(x) once per image and view, shared by that view's samples
-    used = sorted({views.view_of(k, tta) for k in range(samples)})
+    used = sorted({view(k) for k in range(samples)})
     xs, lams = {}, {}
     for v in used:
         xs[v], _ = pad_to_multiple(model.condition(views.forward(lr, v)), model.pad_multiple)
@@ -320,12 +350,12 @@ def reconstruct(
     # items whose views have the same padded shape share batches (all of them when h == w)
     groups: dict[tuple[int, ...], list[int]] = {}
     for j, (_, k) in enumerate(items):
-        groups.setdefault(tuple(xs[views.view_of(k, tta)].shape[-2:]), []).append(j)
+        groups.setdefault(tuple(xs[view(k)].shape[-2:]), []).append(j)
     for members in groups.values():
         for start in range(0, len(members), bs):
             chunk = members[start : start + bs]
             # (image, view) of each item in the chunk
-            keys = [(items[j][0], views.view_of(items[j][1], tta)) for j in chunk]
+            keys = [(items[j][0], view(items[j][1])) for j in chunk]
             x_b = torch.stack([xs[v][i] for i, v in keys])
             lam_b = torch.stack([lams[v][i] for i, v in keys])
             schedule = make_schedule(model, lam_b, sampler, steps)

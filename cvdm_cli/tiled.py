@@ -43,7 +43,9 @@ from cvdm_cli.sampler import (
     count_steps,
     make_eps_fn,
     make_schedule,
+    noise_mate,
     run_steps,
+    sample_view,
 )
 from cvdm_cli.tiling import TilePlan, plan_tiles, tile_seed, tile_weights, weight_sum
 
@@ -192,6 +194,7 @@ def reconstruct_plane(
     callback: ProgressCallback | None = None,
     return_samples: bool = False,
     tta: bool = False,
+    antithetic: bool = False,
 ) -> PlaneReconstruction:
     """Sample one normalised plane (h, w) in tiles; outputs on the (scale*h, scale*w) grid.
 
@@ -199,6 +202,8 @@ def reconstruct_plane(
     counts tile-samples per denoiser call (default from the device). ``callback(done,
     total)`` in tile-sample passes. ``tta``: sample k is drawn from view k % 8 of the plane
     (:mod:`cvdm_cli.views`) and mapped back; the noise of sample k does not depend on it.
+    ``antithetic``: sample 2j + 1 draws the negated noise of sample 2j, in the same view
+    (:func:`cvdm_cli.sampler.noise_mate`).
     """
     if tiling not in TILINGS:
         raise ConfigError(
@@ -212,7 +217,11 @@ def reconstruct_plane(
         raise ConfigError(f"a plane must be 2D, got shape {lowres.shape}")
     # views of one shape share a tile plan: one group, or two for a non-square plane
     groups: dict[tuple[int, int], list[int]] = {}
-    for v in sorted({views.view_of(k, tta) for k in range(samples)}):
+
+    def view(k: int) -> int:
+        return sample_view(k, tta, antithetic)
+
+    for v in sorted({view(k) for k in range(samples)}):
         groups.setdefault(views.view_shape(lowres.shape, v), []).append(v)
     plans = {shape: plan_for(model, shape, tile, overlap) for shape in groups}
     plan0 = plans[lowres.shape]
@@ -220,12 +229,10 @@ def reconstruct_plane(
     bs = batch_size or auto_batch_size(th * tw, model.device)
     eta_value = (DEFAULT_FAST_ETA if sampler == "fast" else 1.0) if eta is None else eta
     n_steps = count_steps(sampler, steps, model.config.timesteps)
-    shape_of_sample = [
-        views.view_shape(lowres.shape, views.view_of(k, tta)) for k in range(samples)
-    ]
+    shape_of_sample = [views.view_shape(lowres.shape, view(k)) for k in range(samples)]
     passes_per_step = sum(len(plans[shape].tiles) for shape in shape_of_sample)
     progress = _Progress(callback, passes_per_step * n_steps)
-    spec = _Spec(sampler, steps, seed, plane_index, bs, precision, eta_value, clip)
+    spec = _Spec(sampler, steps, seed, plane_index, bs, precision, eta_value, clip, antithetic)
     run = _sample_sync if tiling == "sync" else _sample_independent
 
     stats = _Welford()
@@ -243,10 +250,10 @@ def reconstruct_plane(
             if 0 in view_set:
                 rows = tiles.rows(view_set.index(0))
                 difficulty = tiles.crop(tiles.blend(tiles.lam[rows]))[0]
-            ks_all = [k for k in range(samples) if views.view_of(k, tta) in view_set]
+            ks_all = [k for k in range(samples) if view(k) in view_set]
             for c0 in range(0, len(ks_all), SAMPLE_CHUNK):
                 ks = ks_all[c0 : c0 + SAMPLE_CHUNK]
-                slots = [view_set.index(views.view_of(k, tta)) for k in ks]
+                slots = [view_set.index(view(k)) for k in ks]
                 planes = run(model, tiles, ks, slots, spec, progress)  # (len(ks), Hp, Wp)
                 for k, slot, plane in zip(ks, slots, planes, strict=True):
                     y = views.inverse(tiles.crop(plane), view_set[slot])
@@ -274,6 +281,13 @@ class _Spec:
     precision: str
     eta: float
     clip: float | None
+    antithetic: bool = False
+
+    def noise(self, key: int, ks: list[int]) -> tuple[list[int], list[float]]:
+        """Seeds and signs of samples ``ks`` for a plane (key -1) or a tile (its key)."""
+        mates = [noise_mate(k, self.antithetic) for k in ks]
+        seeds = [_sample_seed(self.seed, self.plane_index, key, m) for m, _ in mates]
+        return seeds, [sign for _, sign in mates]
 
 
 class _Progress:
@@ -308,14 +322,14 @@ def _sample_sync(
     """MultiDiffusion: one latent per sample on the padded plane; returns (K, Hp, Wp).
 
     Sample ks[i] is drawn from the view in slot slots[i] of ``tiles``."""
-    sampler, steps, seed, plane_index = spec.sampler, spec.steps, spec.seed, spec.plane_index
+    sampler, steps = spec.sampler, spec.steps
     batch, precision, eta, clip = spec.batch, spec.precision, spec.eta, spec.clip
     device = model.device
     plan = tiles.plan
     lam_plane = _per_sample(tiles, tiles.lam, slots)  # (K or 1, 1, Hp, Wp)
     x_plane = _per_sample(tiles, tiles.x, slots)
     schedule = make_schedule(model, lam_plane, sampler, steps)
-    noise = NoiseSource([_sample_seed(seed, plane_index, -1 & 0xFFFFFFFF, k) for k in ks])
+    noise = NoiseSource(*spec.noise(-1 & 0xFFFFFFFF, ks))
     items = list(range(len(ks)))
     shape = (1, *plan.padded_out_shape)
     n_tiles = tiles.n_tiles
@@ -366,12 +380,8 @@ def _sample_independent(
     device = model.device
     plan = tiles.plan
     items = [(k, t) for k in range(len(ks)) for t in range(tiles.n_tiles)]
-    noise = NoiseSource(
-        [
-            _sample_seed(seed, plane_index, tile_seed(seed, plane_index, plan.tiles[t]), ks[k])
-            for k, t in items
-        ]
-    )
+    per_item = [spec.noise(tile_seed(seed, plane_index, plan.tiles[t]), [ks[k]]) for k, t in items]
+    noise = NoiseSource([s[0] for s, _ in per_item], [g[0] for _, g in per_item])
     acc = torch.zeros((len(ks), *plan.padded_out_shape), device=device)
     shape = (1, *plan.tile_shape)
     for start in range(0, len(items), batch):

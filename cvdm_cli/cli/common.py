@@ -251,6 +251,14 @@ TtaOpt = Annotated[
         "augmentation: the same number of denoiser passes; see docs/sampling.md).",
     ),
 ]
+AntitheticOpt = Annotated[
+    bool,
+    typer.Option(
+        "--antithetic/--no-antithetic",
+        help="Draw samples in antithetic pairs: sample 2j+1 uses the negated noise of sample "
+        "2j, in the same view (a closer mean for the same passes; docs/sampling.md).",
+    ),
+]
 SeedOpt = Annotated[
     int, typer.Option("--seed", help="Random seed: same seed and settings -> same output.")
 ]

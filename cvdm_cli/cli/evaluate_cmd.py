@@ -13,6 +13,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from cvdm_cli.cli.common import (
+    AntitheticOpt,
     PrecisionChoice,
     PrecisionOpt,
     ThreadsOpt,
@@ -81,6 +82,7 @@ def evaluate(
         "--tta/--no-tta",
         help="Draw sample k from flip/rotation k % 8 of the input, as cvdm enhance does.",
     ),
+    antithetic: AntitheticOpt = False,
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
     precision: PrecisionOpt = PrecisionChoice.auto,
     threads: ThreadsOpt = None,
@@ -123,6 +125,7 @@ def evaluate(
                 seed=seed,
                 sampler_seed=sampler_seed,
                 tta=tta,
+                antithetic=antithetic,
                 device=str(dev),
                 precision=precision_used,
                 progress=bar.update,
