@@ -6,7 +6,8 @@ comparison): every sample on its own, the mean of all K (what cvdm writes), the 
 k samples that agree best with the others ("consensus": SSIM of a sample against the mean
 of the other K - 1, no truth involved), the single most central sample (a minimum-Bayes-risk
 choice) and a consensus-weighted mean. With --antithetic, sample 2j + 1 is drawn with the
-negated noise of sample 2j, carried into sample 2j + 1's view with --tta (else without TTA).
+negated noise of sample 2j: without TTA, or with --tta --shared-views in the same view (both
+as `cvdm --antithetic`), or with --tta alone in separate views (the noise carried across).
 
 Prints one line per pair (the spread of the per-sample SSIMs, the correlation of consensus
 with true quality, each estimator's SSIM / PSNR gain over the report's Richardson-Lucy
@@ -33,23 +34,24 @@ from cvdm_cli.normalize import denormalize, percentile_normalize
 from cvdm_cli.weights import load_weights
 
 
-class AntitheticNoise(smp.NoiseSource):
-    """Item 2j + 1 replays item 2j's generator with the sign flipped; with ``tta`` (one
-    image, sample k in view k % 8) the negated noise is carried from view 2j's frame into
-    view 2j + 1's, so both samples see opposite noise at the same place of the image."""
+class SeparateViewAntithetic(smp.NoiseSource):
+    """Antithetic mates in different views (one image, sample k in view k % 8): item 2j + 1
+    replays item 2j's generator negated, carried from view 2j's frame into view 2j + 1's, so
+    both see opposite noise at the same place of the image. `cvdm --antithetic` instead
+    puts the mates in one view (``sampler.sample_view``), which needs no mapping."""
 
-    tta = False
-
-    def __init__(self, seeds) -> None:
+    def __init__(self, seeds, signs=None) -> None:  # signs: all +1, reconstruct pairs nothing
         seeds = list(seeds)
-        super().__init__([seeds[j - j % 2] for j in range(len(seeds))])
-        self.sign = [-1.0 if j % 2 else 1.0 for j in range(len(seeds))]
+        super().__init__(
+            [seeds[j - j % 2] for j in range(len(seeds))],
+            [-1.0 if j % 2 else 1.0 for j in range(len(seeds))],
+        )
 
     def draw(self, items, shape, device):
         rows = []
         for i in items:
-            eps = self.sign[i] * torch.randn(shape, generator=self.generators[i])
-            if self.tta and i % 2:
+            eps = self.signs[i] * torch.randn(shape, generator=self.generators[i])
+            if i % 2:
                 mate, own = views.view_of(i - 1, True), views.view_of(i, True)
                 eps = views.forward(views.inverse(eps, mate), own)
             rows.append(eps)
@@ -100,12 +102,11 @@ def main() -> None:
     model = load_weights(args.model)
     with (args.report / "metrics.csv").open() as fh:
         rl = {r["stem"]: r for r in csv.DictReader(fh) if r["method"] == "rl"}
-    if args.shared_views:  # mates in one view: the negated noise needs no mapping
-        shared = views.view_of
-        views.view_of = lambda k, tta: shared(k // 2, tta)
-    if args.antithetic:
-        AntitheticNoise.tta = args.tta and not args.shared_views
-        smp.NoiseSource = AntitheticNoise  # reconstruct looks it up at call time
+    # --antithetic [--tta --shared-views] is what `cvdm --antithetic` does; only mates in
+    # separate views need the noise source replaced (reconstruct looks it up at call time)
+    separate = args.antithetic and args.tta and not args.shared_views
+    if separate:
+        smp.NoiseSource = SeparateViewAntithetic
     totals: dict[str, list[tuple[float, float, bool]]] = {}
     for index, stem in enumerate(sorted(rl)):
         lr, hr = read_plane(args.lr / f"{stem}.tif"), read_plane(args.hr / f"{stem}.tif")
@@ -116,6 +117,7 @@ def main() -> None:
             samples=args.samples,
             generator=torch.Generator().manual_seed(args.seed + index),
             tta=args.tta or not args.antithetic,
+            antithetic=args.antithetic and not separate,
             precision=args.precision,
             return_samples=True,
         )

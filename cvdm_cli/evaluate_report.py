@@ -206,8 +206,11 @@ class EvaluationReport:
             if st.get("tta")
             else ""
         )
-        if st.get("antithetic"):
-            tta += " Samples in antithetic pairs (2j + 1 with the negated noise of 2j)."
+        antithetic = (
+            " Samples in antithetic pairs (2j + 1 with the negated noise of 2j)."
+            if st.get("antithetic")
+            else ""
+        )
         precision = (
             f" Denoiser in {st['precision']} autocast."
             if st.get("precision") not in (None, "fp32")
@@ -217,7 +220,8 @@ class EvaluationReport:
             "",
             f"Scores after the CSBDeep fair comparison (target percentiles 0.1/99.9, "
             f"least-squares scale and offset). cvdm: {st.get('samples')} fast samples x "
-            f"{st.get('steps')} steps{reference}{seeds}.{tta}{precision} 'calib.': what a "
+            f"{st.get('steps')} steps{reference}{seeds}.{tta}{antithetic}{precision} 'calib.': "
+            "what a "
             "calibrated sampler would reach with that many samples (Spearman: leave-one-out, "
             "each sample in turn as the truth).",
         ]

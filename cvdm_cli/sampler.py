@@ -322,11 +322,8 @@ def reconstruct(
     n_img = lr.shape[0]
     items = [(i, k) for i in range(n_img) for k in range(samples)]  # image-major order
     seeds = item_seeds(generator, len(items))  # seeds do not depend on views
-    mates = [noise_mate(k, antithetic) for _, k in items]
-    noise = NoiseSource(
-        [seeds[j - k + m] for j, ((_, k), (m, _)) in enumerate(zip(items, mates, strict=True))],
-        [sign for _, sign in mates],
-    )
+    mates = [(i, *noise_mate(k, antithetic)) for i, k in items]  # (image, mate, sign)
+    noise = NoiseSource([seeds[i * samples + m] for i, m, _ in mates], [g for _, _, g in mates])
 
     def view(k: int) -> int:
         return sample_view(k, tta, antithetic)

@@ -283,11 +283,14 @@ class _Spec:
     clip: float | None
     antithetic: bool = False
 
-    def noise(self, key: int, ks: list[int]) -> tuple[list[int], list[float]]:
-        """Seeds and signs of samples ``ks`` for a plane (key -1) or a tile (its key)."""
-        mates = [noise_mate(k, self.antithetic) for k in ks]
-        seeds = [_sample_seed(self.seed, self.plane_index, key, m) for m, _ in mates]
-        return seeds, [sign for _, sign in mates]
+    def noise(self, draws: list[tuple[int, int]]) -> NoiseSource:
+        """Noise for (key, sample) draws: key -1 for a whole plane, a tile's key for a tile;
+        an antithetic mate replays its partner's stream negated (``noise_mate``)."""
+        mates = [(key, *noise_mate(k, self.antithetic)) for key, k in draws]
+        return NoiseSource(
+            [_sample_seed(self.seed, self.plane_index, key, m) for key, m, _ in mates],
+            [sign for _, _, sign in mates],
+        )
 
 
 class _Progress:
@@ -329,7 +332,7 @@ def _sample_sync(
     lam_plane = _per_sample(tiles, tiles.lam, slots)  # (K or 1, 1, Hp, Wp)
     x_plane = _per_sample(tiles, tiles.x, slots)
     schedule = make_schedule(model, lam_plane, sampler, steps)
-    noise = NoiseSource(*spec.noise(-1 & 0xFFFFFFFF, ks))
+    noise = spec.noise([(-1 & 0xFFFFFFFF, k) for k in ks])
     items = list(range(len(ks)))
     shape = (1, *plan.padded_out_shape)
     n_tiles = tiles.n_tiles
@@ -380,8 +383,7 @@ def _sample_independent(
     device = model.device
     plan = tiles.plan
     items = [(k, t) for k in range(len(ks)) for t in range(tiles.n_tiles)]
-    per_item = [spec.noise(tile_seed(seed, plane_index, plan.tiles[t]), [ks[k]]) for k, t in items]
-    noise = NoiseSource([s[0] for s, _ in per_item], [g[0] for _, g in per_item])
+    noise = spec.noise([(tile_seed(seed, plane_index, plan.tiles[t]), ks[k]) for k, t in items])
     acc = torch.zeros((len(ks), *plan.padded_out_shape), device=device)
     shape = (1, *plan.tile_shape)
     for start in range(0, len(items), batch):
