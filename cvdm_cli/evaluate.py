@@ -62,6 +62,7 @@ from cvdm_cli.evaluate_report import (
     write_reports,
 )
 from cvdm_cli.normalize import NormParams, denormalize, percentile_normalize
+from cvdm_cli.variance import DEFAULT_VARIANCE_SMOOTHING, pool_variance
 from cvdm_cli.views import TTA_DEFAULT
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -436,6 +437,7 @@ class _Run:
     tta: bool
     precision: str
     antithetic: bool = False
+    variance_smoothing: float = DEFAULT_VARIANCE_SMOOTHING
 
     def calls(self, with_reference: bool) -> int:
         """Denoiser passes (image-samples x steps) for one image."""
@@ -491,20 +493,31 @@ def _sample(
 
 
 def score_samples(
-    stem: str, method: str, s: np.ndarray, hr: np.ndarray, **extra: Any
+    stem: str,
+    method: str,
+    s: np.ndarray,
+    hr: np.ndarray,
+    *,
+    variance_smoothing: float = DEFAULT_VARIANCE_SMOOTHING,
+    **extra: Any,
 ) -> tuple[dict[str, Any], metrics.FairScores, np.ndarray | None]:
     """Row for the sample mean (fair scores; uncertainty scores when K >= 2), and the std.
 
     The samples go through the same least-squares map as their mean, so std and intervals
-    are in the target's units.
+    are in the target's units. The std is the square root of the sample variance pooled
+    over ``variance_smoothing`` output pixels, as ``cvdm enhance`` writes it.
     """
     fair = metrics.fair_scores(s.mean(axis=0), hr)
     row = _row(stem, method, fair, samples=s.shape[0], **extra)
     if s.shape[0] < 2:
         return row, fair, None
     fitted = fair.alpha * s + fair.beta
-    row.update(metrics.uncertainty_scores(fitted, fair.fitted, fair.target).metrics())
-    return row, fair, fitted.std(axis=0, ddof=1)
+    scores = metrics.uncertainty_scores(
+        fitted, fair.fitted, fair.target, smoothing=variance_smoothing
+    )
+    row.update(scores.metrics())
+    std = np.sqrt(pool_variance(fitted.var(axis=0, ddof=1), variance_smoothing))
+    return row, fair, std
 
 
 def _score_pair(
@@ -548,15 +561,18 @@ def _score_pair(
 
         s, seconds = _sample(run, x_norm, norm, sampler, run.seed + index, on_progress)
         progress.done += s.shape[0] * n_steps
-        row, fair, std = score_samples(stem, method, s, hr, steps=n_steps, seconds=seconds)
+        row, fair, std = score_samples(
+            stem, method, s, hr, variance_smoothing=run.variance_smoothing,
+            steps=n_steps, seconds=seconds,
+        )  # fmt: skip
         rows.append(row)
         if sampler == "fast":
             fair_cvdm, std_cvdm = fair, std
             k = run.reference_samples
             if "reference" in run.samplers and k < run.samples:  # fast at equal sample count
                 sub, _, _ = score_samples(
-                    stem, f"{FAST}_k{k}", s[:k], hr, steps=n_steps,
-                    seconds=seconds * k / run.samples,
+                    stem, f"{FAST}_k{k}", s[:k], hr, variance_smoothing=run.variance_smoothing,
+                    steps=n_steps, seconds=seconds * k / run.samples,
                 )  # fmt: skip
                 rows.append(sub)
 
@@ -604,6 +620,7 @@ def evaluate(
     sampler_seed: int | None = None,
     tta: bool = TTA_DEFAULT,
     antithetic: bool = False,
+    variance_smoothing: float = DEFAULT_VARIANCE_SMOOTHING,
     device: str = "cpu",
     precision: str = "fp32",
     progress: ProgressFn | None = None,
@@ -633,6 +650,9 @@ def evaluate(
             (:func:`cvdm_cli.sampler.noise_mate`).
         tta: draw sample k from view k % 8 of the input (flips and quarter turns,
             :mod:`cvdm_cli.views`), as ``cvdm enhance`` does by default.
+        variance_smoothing: Gaussian sigma (output pixels) over which the sample variance
+            is pooled before its std is scored and drawn, as ``cvdm enhance`` writes it
+            (:mod:`cvdm_cli.variance`); 0 scores the per-pixel sample std.
         device: where a model loaded from a path goes ("cpu", "cuda", ...).
         precision: the denoiser's autocast, "fp32", "bf16" or "fp16" (resolved already:
             :func:`cvdm_cli.devices.pick_precision`); schedule and updates stay float32.
@@ -649,6 +669,12 @@ def evaluate(
         raise ConfigError("samples, reference samples and steps must be >= 1")
     if (limit is not None and limit < 1) or (rl_iterations is not None and rl_iterations < 1):
         raise ConfigError("limit and rl_iterations must be >= 1")
+    if not (math.isfinite(variance_smoothing) and variance_smoothing >= 0):
+        raise ConfigError(
+            f"variance smoothing must be a number >= 0, got {variance_smoothing}",
+            path="--variance-smoothing",
+            hint=f"e.g. --variance-smoothing {DEFAULT_VARIANCE_SMOOTHING} (0: per pixel)",
+        )
     out = Path(out_dir) if out_dir is not None else None
     if out is not None:
         prepare_out(out, overwrite)
@@ -718,6 +744,7 @@ def evaluate(
         tta=tta,
         precision=precision,
         antithetic=antithetic,
+        variance_smoothing=variance_smoothing,
     )
 
     # --- score every test image ----------------------------------------------------------
@@ -769,6 +796,7 @@ def evaluate(
         "sampler_seed": run.seed,
         "tta": tta,
         "antithetic": antithetic,
+        "variance_smoothing": variance_smoothing,
         "device": str(model.device),
         "precision": precision,
         "input_percentiles": [model.config.norm_low, model.config.norm_high],

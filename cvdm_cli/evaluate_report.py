@@ -211,6 +211,15 @@ class EvaluationReport:
             if st.get("antithetic")
             else ""
         )
+        smoothing = st.get("variance_smoothing")
+        pooled = (
+            f" std: square root of the sample variance pooled over a Gaussian of sigma "
+            f"{smoothing:g} output pixels."
+            if smoothing
+            else " std: per-pixel sample std."
+            if smoothing is not None
+            else ""
+        )
         precision = (
             f" Denoiser in {st['precision']} autocast."
             if st.get("precision") not in (None, "fp32")
@@ -220,7 +229,8 @@ class EvaluationReport:
             "",
             f"Scores after the CSBDeep fair comparison (target percentiles 0.1/99.9, "
             f"least-squares scale and offset). cvdm: {st.get('samples')} fast samples x "
-            f"{st.get('steps')} steps{reference}{seeds}.{tta}{antithetic}{precision} 'calib.': "
+            f"{st.get('steps')} steps{reference}{seeds}.{tta}{antithetic}{pooled}{precision} "
+            "'calib.': "
             "what a "
             "calibrated sampler would reach with that many samples (Spearman: leave-one-out, "
             "each sample in turn as the truth).",

@@ -23,6 +23,9 @@ Then on (``t``, fitted prediction):
 Uncertainty quality (on the same fitted units: samples map by ``alpha * s + beta`` and the
 standard deviation by ``|alpha| * std``)
 ---------------------------------------------------------------------------------------
+- The std map scored is what ``cvdm enhance`` writes when ``smoothing`` is given: the
+  square root of the sample variance pooled over a Gaussian of that many pixels
+  (:mod:`cvdm_cli.variance`); ``smoothing=0`` scores the per-pixel sample std.
 - Spearman rank correlation between per-pixel std and absolute error. Even a perfectly
   calibrated sampler does not reach 1: its error is a random draw with that std, and
   ``|N(0, s^2)|`` spreads widely at every ``s``. :func:`calibrated_spearman` estimates
@@ -49,6 +52,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
+
+from cvdm_cli.variance import pool_variance
 
 __all__ = [
     "FairScores",
@@ -213,7 +218,7 @@ def spearman(uncertainty: ArrayLike, error: ArrayLike) -> float:
     return float(spearmanr(u, e)[0])
 
 
-def calibrated_spearman(samples: ArrayLike) -> float:
+def calibrated_spearman(samples: ArrayLike, smoothing: float = 0.0) -> float:
     """Spearman(std, |error|) that a calibrated sampler with these samples would score.
 
     A calibrated sampler's truth is exchangeable with its samples, so sample k can play the
@@ -222,8 +227,10 @@ def calibrated_spearman(samples: ArrayLike) -> float:
     estimate, so it slightly understates the ceiling for K.
 
     Args:
-        samples: (K, ...) sample images, K >= 3 (NaN below that, or where every
+        samples: (K, ..., H, W) sample images, K >= 3 (NaN below that, or where every
             leave-one-out std or error map is constant).
+        smoothing: each leave-one-out variance is pooled over this Gaussian sigma (pixels)
+            before its square root is taken, as :func:`uncertainty_scores` does.
     """
     s = _f64(samples)
     k = s.shape[0]
@@ -232,7 +239,8 @@ def calibrated_spearman(samples: ArrayLike) -> float:
     scores = []
     for i in range(k):
         rest = np.delete(s, i, axis=0)
-        rest_mean, rest_std = rest.mean(axis=0), rest.std(axis=0, ddof=1)
+        rest_mean = rest.mean(axis=0)
+        rest_std = np.sqrt(pool_variance(rest.var(axis=0, ddof=1), smoothing))
         rho = spearman(rest_std, np.abs(rest_mean - s[i]))
         if not np.isnan(rho):
             scores.append(rho)
@@ -341,26 +349,33 @@ class UncertaintyScores:
 
 
 def uncertainty_scores(
-    samples: ArrayLike, mean: ArrayLike, truth: ArrayLike, n_bins: int = 100
+    samples: ArrayLike,
+    mean: ArrayLike,
+    truth: ArrayLike,
+    n_bins: int = 100,
+    smoothing: float = 0.0,
 ) -> UncertaintyScores:
     """Spearman(std, |mean - truth|) and its calibrated value, 50%/90% coverage and AUSE.
 
     Args:
         samples: (K, H, W) samples, K >= 2; mean: (H, W) the estimate being scored;
         truth: (H, W). All three in the same units (e.g. after the fair-comparison fit).
-        std is the per-pixel sample standard deviation (ddof=1); AUSE uses
-        ``min(n_bins, pixels)`` fractions.
+        std is the per-pixel sample standard deviation (ddof=1), or with ``smoothing`` > 0
+        the square root of the sample variance pooled over a Gaussian of that sigma in
+        pixels (:func:`cvdm_cli.variance.pool_variance`, what ``cvdm enhance`` writes);
+        the coverages use the samples themselves. AUSE uses ``min(n_bins, pixels)``
+        fractions.
     """
     s = _f64(samples)
     m, t = _f64(mean), _f64(truth)
     _same_shape(s[0], t, "uncertainty_scores")
     _same_shape(m, t, "uncertainty_scores")
     k = s.shape[0]
-    std = s.std(axis=0, ddof=1)
+    std = np.sqrt(pool_variance(s.var(axis=0, ddof=1), smoothing))
     err = np.abs(m - t)
     return UncertaintyScores(
         spearman=spearman(std, err),
-        calibrated_spearman=calibrated_spearman(s),
+        calibrated_spearman=calibrated_spearman(s, smoothing),
         coverage50=interval_coverage(s, t, 0.5),
         coverage90=interval_coverage(s, t, 0.9),
         calibrated50=calibrated_coverage(k, 0.5),

@@ -55,6 +55,7 @@ from cvdm_cli.normalize import (
 from cvdm_cli.sampler import SAMPLERS, auto_batch_size, count_steps
 from cvdm_cli.tiff import OutputTiff, TiffInput, open_tiff, output_spec, with_samples_axis
 from cvdm_cli.tiled import TILINGS, plan_for, reconstruct_plane
+from cvdm_cli.variance import DEFAULT_VARIANCE_SMOOTHING, pool_variance
 from cvdm_cli.views import TTA_DEFAULT
 
 __all__ = [
@@ -109,6 +110,8 @@ class EnhanceSettings:
     batch_size: tile-samples per denoiser call (None: from the device, see
         ``sampler.auto_batch_size``). precision: "fp32", "bf16" or "fp16" (already
         resolved from "auto" for the device). spread: "var" or "std" output.
+    variance_smoothing: Gaussian sigma (output pixels) over which the sample variance is
+        pooled before it is written (:mod:`cvdm_cli.variance`); 0 writes it per pixel.
     write_mean: False for ``cvdm uncertainty`` (only the uncertainty outputs).
     threshold: std in input units; the fraction of pixels above it is reported.
     """
@@ -124,6 +127,7 @@ class EnhanceSettings:
     seed: int = 0
     tta: bool = TTA_DEFAULT
     antithetic: bool = False
+    variance_smoothing: float = DEFAULT_VARIANCE_SMOOTHING
     eta: float | None = None
     axes: str | None = None
     replace_nan: bool = False
@@ -172,6 +176,12 @@ class EnhanceSettings:
             raise bad("--precision", f"unknown precision {self.precision!r}", "fp32, bf16, fp16")
         if self.spread not in ("var", "std"):
             raise bad("spread", f"unknown uncertainty output {self.spread!r}", "var or std")
+        if not (math.isfinite(self.variance_smoothing) and self.variance_smoothing >= 0):
+            raise bad(
+                "--variance-smoothing",
+                f"must be a number >= 0, got {self.variance_smoothing}",
+                f"e.g. --variance-smoothing {DEFAULT_VARIANCE_SMOOTHING} (0: per pixel)",
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -565,10 +575,12 @@ def process_plane(
 
     t = time.perf_counter()
     mean = denormalize(rec.mean, params) if settings.write_mean else None
+    # pooled over the whole plane (after tiles are joined), so tiles leave no seam in it
+    var = pool_variance(rec.var, settings.variance_smoothing)
     if settings.spread == "std":
-        spread = denormalize_std(np.sqrt(np.maximum(rec.var, 0.0)), params)
+        spread = denormalize_std(np.sqrt(np.maximum(var, 0.0)), params)
     else:
-        spread = denormalize_variance(rec.var, params)
+        spread = denormalize_variance(var, params)
     samples = None
     if rec.samples is not None:
         samples = np.stack([denormalize(s, params) for s in rec.samples])

@@ -16,8 +16,10 @@ import pytest
 import tifffile
 import torch
 from conftest import cvdm, default_sigint, json_lines
+from scipy.ndimage import gaussian_filter
 
 from cvdm_cli.devices import pick_precision
+from cvdm_cli.variance import DEFAULT_VARIANCE_SMOOTHING
 
 FAST = ["--samples", "2", "--steps", "2"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "CVDM_DEBUG": ""}
@@ -127,7 +129,10 @@ def test_extra_outputs(tmp_path, tiny_weights):
     mean = tifffile.imread(tmp_path / "s_cvdm.tif")
     std = tifffile.imread(tmp_path / "s_cvdm_std.tif")
     np.testing.assert_allclose(samples.mean(axis=0), mean, rtol=1e-4, atol=1e-2)
-    np.testing.assert_allclose(samples.std(axis=0, ddof=1), std, rtol=1e-3, atol=1e-2)
+    # the std written: the square root of the samples' variance pooled per plane (Y, X)
+    var = samples.astype(np.float64).var(axis=0, ddof=1)
+    pooled = gaussian_filter(var, (0, DEFAULT_VARIANCE_SMOOTHING, DEFAULT_VARIANCE_SMOOTHING))
+    np.testing.assert_allclose(np.sqrt(pooled), std, rtol=1e-3, atol=1e-2)
     lam = tifffile.imread(tmp_path / "s_cvdm_difficulty.tif")
     assert lam.shape == (2, 24, 20) and (lam >= 0).all()  # lambda = softplus(...) >= 0
 
@@ -223,6 +228,29 @@ def test_tta_flag_changes_the_draws_and_is_deterministic(tmp_path, tiny_weights)
         assert outs[name].shape == (24, 20)
     np.testing.assert_array_equal(outs["tta"], outs["tta2"])
     assert not np.array_equal(outs["tta"], outs["plain"])
+
+
+def test_variance_smoothing_flag_pools_only_the_variance(tmp_path, tiny_weights):
+    src = write(tmp_path / "in" / "a.tif", (16, 12), "YX")
+    outs = {}
+    for name, sigma in (("default", None), ("raw", "0"), ("wide", "3")):
+        extra = [] if sigma is None else ["--variance-smoothing", sigma]
+        r = cvdm("enhance", src, "-o", tmp_path / name, "-m", tiny_weights, *FAST, *extra, "--json")
+        assert r.code == 0, r.err
+        summary = json_lines(r.out)[-1]
+        used = summary["settings"]["variance_smoothing"]
+        assert used == (DEFAULT_VARIANCE_SMOOTHING if sigma is None else float(sigma))
+        files = ("a_cvdm.tif", "a_cvdm_var.tif")
+        outs[name] = [tifffile.imread(tmp_path / name / f) for f in files]
+    mean_raw, var_raw = outs["raw"]
+    for name, sigma in (("default", DEFAULT_VARIANCE_SMOOTHING), ("wide", 3.0)):
+        mean, var = outs[name]
+        np.testing.assert_array_equal(mean, mean_raw)  # same samples, same mean
+        expect = gaussian_filter(var_raw.astype(np.float64), sigma, mode="reflect")
+        np.testing.assert_allclose(var, expect, rtol=1e-4, atol=1e-6 * var_raw.max())
+    # pooling evens the map out: less pixel-to-pixel scatter, wider sigma evens it more
+    rough = [np.abs(np.diff(outs[n][1], axis=1)).mean() for n in ("raw", "default", "wide")]
+    assert rough[0] > rough[1] > rough[2]
 
 
 # --- uncertainty ----------------------------------------------------------------------
@@ -351,6 +379,7 @@ def test_folder_with_a_corrupt_file_processes_the_others_and_exits_1(tmp_path, t
         ["{src}", "--model", "weights.pt"],  # pickle formats are refused
         ["{src}", "--device", "cuda:7"] if not torch.cuda.is_available() else ["missing.tif"],
         ["{src}", "--sampler", "euler"],  # not a choice (click usage error)
+        ["{src}", "--variance-smoothing", "-1"],  # below the minimum (click usage error)
         ["{empty}"],  # a folder without TIFFs
     ],
 )
@@ -365,7 +394,7 @@ def test_usage_errors_exit_2_before_any_work(tmp_path, tiny_weights, args):
     assert r.code == 2, (r.out, r.err)
     assert r.out == ""
     assert not list(tmp_path.glob("*_cvdm*"))
-    if "--sampler" not in argv:
+    if "--sampler" not in argv and "--variance-smoothing" not in argv:
         line = r.err.strip().splitlines()[-1]
         assert line.startswith("error: ") and "Traceback" not in r.err
 

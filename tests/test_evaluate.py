@@ -20,7 +20,8 @@ import torch
 import torch.nn.functional as F
 
 from cvdm_cli import baselines, metrics
-from cvdm_cli.errors import DataError, OutputExistsError
+from cvdm_cli.errors import ConfigError, DataError, OutputExistsError
+from cvdm_cli.variance import DEFAULT_VARIANCE_SMOOTHING
 
 
 @pytest.fixture(autouse=True)
@@ -215,7 +216,12 @@ def test_evaluate_end_to_end_numbers_and_files(tmp_path: Path, model_path: Path)
         )
         s = denormalize(rec.samples, norm).astype(np.float64)
         fair = metrics.fair_scores(s.mean(axis=0), hr)
-        unc = metrics.uncertainty_scores(fair.alpha * s + fair.beta, fair.fitted, fair.target)
+        # the std scored is the pooled one cvdm enhance writes (settings: the default sigma)
+        sigma = report.settings["variance_smoothing"]
+        assert sigma == DEFAULT_VARIANCE_SMOOTHING > 0
+        unc = metrics.uncertainty_scores(
+            fair.alpha * s + fair.beta, fair.fitted, fair.target, smoothing=sigma
+        )
         fast = by["cvdm_fast"]
         assert float(fast["psnr"]) == pytest.approx(fair.psnr, rel=1e-6)
         assert float(fast["nrmse"]) == pytest.approx(fair.nrmse, rel=1e-6)
@@ -456,6 +462,35 @@ def test_bf16_changes_only_the_cvdm_rows_and_is_reported(tmp_path: Path, model_p
             assert other["ssim"] == pytest.approx(row["ssim"], abs=0.03)
         else:
             assert other["psnr"] == row["psnr"] and other["ssim"] == row["ssim"]
+
+
+def test_variance_smoothing_changes_only_the_std_scores(tmp_path: Path, model_path: Path) -> None:
+    from cvdm_cli.evaluate import evaluate
+
+    _write_pairs(tmp_path, n=3)
+    common = dict(samples=4, steps=2, samplers=("fast",), rl_iterations=2, seed=3)
+    std_keys = ("spearman", "calibrated_spearman", "ause", "mean_std")
+
+    def run(sigma: float):
+        report = evaluate(
+            model_path, tmp_path / "lr", tmp_path / "hr", **common, variance_smoothing=sigma
+        )
+        return report, {(r["stem"], r["method"]): r for r in report.rows}
+
+    raw, raw_rows = run(0.0)
+    pooled, pooled_rows = run(2.0)
+    assert raw.settings["variance_smoothing"] == 0.0
+    assert "per-pixel sample std" in raw.to_markdown()
+    assert "pooled over a Gaussian of sigma 2 output pixels" in pooled.to_markdown()
+    assert raw_rows.keys() == pooled_rows.keys()
+    for key, a in raw_rows.items():
+        b = pooled_rows[key]
+        same = [k for k in a if k not in std_keys and k != "seconds"]
+        assert {k: a[k] for k in same} == {k: b[k] for k in same}  # mean, coverage: unchanged
+        if key[1] == "cvdm_fast":
+            assert b["spearman"] != a["spearman"] and b["ause"] != a["ause"]
+    with pytest.raises(ConfigError, match="variance smoothing"):
+        evaluate(model_path, tmp_path / "lr", tmp_path / "hr", **common, variance_smoothing=-1)
 
 
 def test_tta_changes_only_the_cvdm_draws_and_is_reported(tmp_path: Path, model_path: Path) -> None:

@@ -11,11 +11,13 @@ import numpy as np
 import pytest
 import tifffile
 import torch
+from scipy.ndimage import gaussian_filter
 
 from cvdm_cli import errors, pipeline
 from cvdm_cli.normalize import percentile_normalize
 from cvdm_cli.pipeline import EnhanceSettings, FileJob, ModelRef
 from cvdm_cli.tiled import reconstruct_plane
+from cvdm_cli.variance import DEFAULT_VARIANCE_SMOOTHING
 
 FAST = EnhanceSettings(samples=2, steps=2, tile=256, overlap=32)
 
@@ -175,11 +177,18 @@ def test_process_plane_is_pure_picklable_and_in_input_units(tmp_path, ref):
     assert settings.tta  # the default: sample k from view k % 8
     half = (p.high - p.low) / 2
     np.testing.assert_allclose(a.mean, rec.mean * half + (p.high + p.low) / 2, rtol=1e-5)
-    np.testing.assert_allclose(a.spread, rec.var * half**2, rtol=1e-5)
+    # the variance written is the samples' variance pooled over the default Gaussian
+    sigma = settings.variance_smoothing
+    assert sigma == DEFAULT_VARIANCE_SMOOTHING > 0
+    pooled = gaussian_filter(rec.var.astype(np.float64), sigma, mode="reflect")
+    np.testing.assert_allclose(a.spread, pooled * half**2, rtol=1e-4)
+    raw = pipeline.process_plane(path, 1, dataclasses.replace(settings, variance_smoothing=0), ref)
+    np.testing.assert_allclose(raw.spread, rec.var * half**2, rtol=1e-5)
+    np.testing.assert_array_equal(raw.mean, a.mean)  # pooling touches only the variance
     np.testing.assert_allclose(a.difficulty, rec.difficulty)  # lambda: not rescaled
     np.testing.assert_allclose(a.samples.mean(axis=0), a.mean, rtol=1e-4, atol=1e-2)
     std = pipeline.process_plane(path, 1, dataclasses.replace(settings, spread="std"), ref)
-    np.testing.assert_allclose(std.spread, np.sqrt(rec.var) * half, rtol=1e-5)
+    np.testing.assert_allclose(std.spread, np.sqrt(pooled) * half, rtol=1e-4)
     other = pipeline.process_plane(path, 2, settings, ref)
     assert not np.array_equal(other.mean, a.mean)
 

@@ -259,6 +259,15 @@ AntitheticOpt = Annotated[
         "2j, in the same view (a closer mean for the same passes; docs/sampling.md).",
     ),
 ]
+VarianceSmoothingOpt = Annotated[
+    float,
+    typer.Option(
+        "--variance-smoothing",
+        min=0.0,
+        help="Gaussian sigma, in output pixels, over which the per-pixel sample variance is "
+        "pooled (about one resolution element; 0 = per pixel; docs/sampling.md).",
+    ),
+]
 SeedOpt = Annotated[
     int, typer.Option("--seed", help="Random seed: same seed and settings -> same output.")
 ]

@@ -65,6 +65,7 @@ from cvdm_cli.cli.common import (
     TilingChoice,
     TilingOpt,
     TtaOpt,
+    VarianceSmoothingOpt,
     WorkersOpt,
     apply_threads,
     debug_enabled,
@@ -72,6 +73,7 @@ from cvdm_cli.cli.common import (
     stderr,
     stdout,
 )
+from cvdm_cli.variance import DEFAULT_VARIANCE_SMOOTHING
 from cvdm_cli.views import TTA_DEFAULT
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -103,6 +105,7 @@ def enhance(
     seed: SeedOpt = 0,
     tta: TtaOpt = TTA_DEFAULT,
     antithetic: AntitheticOpt = False,
+    variance_smoothing: VarianceSmoothingOpt = DEFAULT_VARIANCE_SMOOTHING,
     axes: AxesOpt = None,
     std: StdOpt = False,
     difficulty: Annotated[
@@ -154,6 +157,7 @@ def uncertainty(
     seed: SeedOpt = 0,
     tta: TtaOpt = TTA_DEFAULT,
     antithetic: AntitheticOpt = False,
+    variance_smoothing: VarianceSmoothingOpt = DEFAULT_VARIANCE_SMOOTHING,
     axes: AxesOpt = None,
     std: StdOpt = False,
     difficulty: Annotated[
@@ -228,6 +232,7 @@ def _run(
     seed: int,
     tta: bool,
     antithetic: bool,
+    variance_smoothing: float,
     axes: str | None,
     std: bool,
     difficulty: bool,
@@ -263,6 +268,7 @@ def _run(
             seed=seed,
             tta=tta,
             antithetic=antithetic,
+            variance_smoothing=variance_smoothing,
             axes=axes,
             replace_nan=replace_nan,
             write_mean=mode == "enhance",

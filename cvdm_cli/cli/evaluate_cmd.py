@@ -17,11 +17,13 @@ from cvdm_cli.cli.common import (
     PrecisionChoice,
     PrecisionOpt,
     ThreadsOpt,
+    VarianceSmoothingOpt,
     apply_threads,
     run_guarded,
     stderr,
     stdout,
 )
+from cvdm_cli.variance import DEFAULT_VARIANCE_SMOOTHING
 from cvdm_cli.views import TTA_DEFAULT
 
 
@@ -83,6 +85,7 @@ def evaluate(
         help="Draw sample k from flip/rotation k % 8 of the input, as cvdm enhance does.",
     ),
     antithetic: AntitheticOpt = False,
+    variance_smoothing: VarianceSmoothingOpt = DEFAULT_VARIANCE_SMOOTHING,
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
     precision: PrecisionOpt = PrecisionChoice.auto,
     threads: ThreadsOpt = None,
@@ -126,6 +129,7 @@ def evaluate(
                 sampler_seed=sampler_seed,
                 tta=tta,
                 antithetic=antithetic,
+                variance_smoothing=variance_smoothing,
                 device=str(dev),
                 precision=precision_used,
                 progress=bar.update,

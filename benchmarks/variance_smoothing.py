@@ -1,0 +1,98 @@
+"""How well does the std map track the error, per pooling width of the sample variance?
+
+Draws K fast samples per pair once (as `cvdm evaluate`: TTA on, test pair i with seed
+--seed + i; validation pair j with --seed + 1000 + j), then scores Spearman(std, |error|),
+its calibrated value and the AUSE for each Gaussian sigma (output pixels) of
+`cvdm_cli.variance.pool_variance` (0 = the per-pixel sample std), separately on the
+validation pairs (the split `cvdm evaluate --val-fraction F --seed S` holds out to tune
+Richardson-Lucy, where a sigma may be chosen) and on the scored ones. The mean and the
+coverages do not depend on sigma; the script prints the mean SSIM / PSNR once as a check
+against the evaluate report. Two maps that are not the samples' spread are scored alongside
+for reference: the learned schedule map lambda(x) (`--difficulty`, one network pass) and
+the reconstruction's own intensity |mean| (errors grow with the signal, so intensity alone
+ranks the error well: what a std map has to beat to add information).
+
+    python benchmarks/variance_smoothing.py --model cvdm_cli/models/cvdm-small-v1.safetensors \\
+        --lr sim_eval/lr --hr sim_eval/hr --val-fraction 0.2 [--antithetic]
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cvdm_cli import metrics
+from cvdm_cli import sampler as smp
+from cvdm_cli.evaluate import _split, find_pairs, read_plane
+from cvdm_cli.normalize import denormalize, percentile_normalize
+from cvdm_cli.weights import load_weights
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--lr", type=Path, required=True)
+    ap.add_argument("--hr", type=Path, required=True)
+    ap.add_argument("--val-fraction", type=float, default=0.25)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--samples", type=int, default=8)
+    ap.add_argument("--sigmas", default="0,0.5,1,1.5,2,3,4")
+    ap.add_argument("--antithetic", action="store_true")
+    ap.add_argument("--no-tta", action="store_true")
+    ap.add_argument("--precision", default="fp32")
+    args = ap.parse_args()
+
+    sigmas = [float(s) for s in args.sigmas.split(",")]
+    raw = sigmas.index(0.0) if 0.0 in sigmas else None  # the per-pixel std, to compare with
+    model = load_weights(args.model)
+    val, test = _split(find_pairs(args.lr, args.hr), args.val_fraction, args.seed, tune=True)
+    for split, pairs, base in (("validation", val, 1000), ("scored", test, 0)):
+        scores = np.zeros((len(pairs), len(sigmas), 3))  # spearman, calibrated, AUSE
+        others = np.zeros((len(pairs), 2, 2))  # (lambda, |mean|) x (spearman, AUSE)
+        quality = []
+        for index, pair in enumerate(pairs):
+            lr, hr = read_plane(pair.lr), read_plane(pair.hr)
+            x, norm = percentile_normalize(lr, model.config.norm_low, model.config.norm_high)
+            rec = smp.reconstruct(
+                model,
+                x,
+                samples=args.samples,
+                generator=torch.Generator().manual_seed(args.seed + base + index),
+                tta=not args.no_tta,
+                antithetic=args.antithetic,
+                precision=args.precision,
+                return_samples=True,
+            )
+            s = denormalize(rec.samples, norm).astype(np.float64)
+            fair = metrics.fair_scores(s.mean(axis=0), hr)  # as evaluate.score_samples
+            fitted = fair.alpha * s + fair.beta
+            quality.append((fair.ssim, fair.psnr))
+            for j, sigma in enumerate(sigmas):
+                u = metrics.uncertainty_scores(fitted, fair.fitted, fair.target, smoothing=sigma)
+                scores[index, j] = (u.spearman, u.calibrated_spearman, u.ause)
+            err = np.abs(fair.fitted - fair.target)
+            for j, other in enumerate((smp.schedule_map(model, x), np.abs(fair.fitted))):
+                others[index, j] = (metrics.spearman(other, err), metrics.ause(other, err))
+            print(f"{split} {pair.stem}: " + " ".join(
+                f"{sigma:g}:{scores[index, j, 0]:.3f}" for j, sigma in enumerate(sigmas)
+            ), flush=True)  # fmt: skip
+        q = np.array(quality)
+        print(
+            f"== {split} pairs: {len(pairs)}, mean SSIM {q[:, 0].mean():.4f}, "
+            f"PSNR {q[:, 1].mean():.3f}"
+        )
+        print("sigma (px) | Spearman | calibrated | AUSE | pairs above sigma 0 (Spearman)")
+        for j, sigma in enumerate(sigmas):
+            m = scores[:, j].mean(axis=0)
+            better = "-" if raw in (None, j) else int((scores[:, j, 0] > scores[:, raw, 0]).sum())
+            print(f"{sigma:g} | {m[0]:.4f} | {m[1]:.4f} | {m[2]:.4f} | {better}")
+        for j, name in enumerate(("lambda(x), the schedule map", "|mean|, intensity alone")):
+            m = others[:, j].mean(axis=0)
+            print(f"{name} | {m[0]:.4f} | - | {m[1]:.4f} | -")
+
+
+if __name__ == "__main__":
+    main()
