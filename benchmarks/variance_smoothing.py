@@ -10,7 +10,10 @@ coverages do not depend on sigma; the script prints the mean SSIM / PSNR once as
 against the evaluate report. Two maps that are not the samples' spread are scored alongside
 for reference: the learned schedule map lambda(x) (`--difficulty`, one network pass) and
 the reconstruction's own intensity |mean| (errors grow with the signal, so intensity alone
-ranks the error well: what a std map has to beat to add information).
+ranks the error well: what a std map has to beat to add information). A line per split says
+whether the std has the right size: the rms error of the mean over the rms of
+sqrt(1 + 1/K) x the std, what a calibrated sampler's mean of K samples would miss by
+(pooling keeps the map's level, so this does not depend on sigma).
 
     python benchmarks/variance_smoothing.py --model cvdm_cli/models/cvdm-small-v1.safetensors \\
         --lr sim_eval/lr --hr sim_eval/hr --val-fraction 0.2 [--antithetic]
@@ -51,6 +54,7 @@ def main() -> None:
     val, test = _split(find_pairs(args.lr, args.hr), args.val_fraction, args.seed, tune=True)
     for split, pairs, base in (("validation", val, 1000), ("scored", test, 0)):
         scores = np.zeros((len(pairs), len(sigmas), 3))  # spearman, calibrated, AUSE
+        size = np.zeros(len(pairs))  # rms error / rms predicted std (pooling keeps the level)
         others = np.zeros((len(pairs), 2, 2))  # (lambda, |mean|) x (spearman, AUSE)
         quality = []
         for index, pair in enumerate(pairs):
@@ -70,10 +74,13 @@ def main() -> None:
             fair = metrics.fair_scores(s.mean(axis=0), hr)  # as evaluate.score_samples
             fitted = fair.alpha * s + fair.beta
             quality.append((fair.ssim, fair.psnr))
+            err = np.abs(fair.fitted - fair.target)
+            # the error a calibrated sampler's mean of K samples has: sqrt(1 + 1/K) x its std
+            var = fitted.var(axis=0, ddof=1) * (1 + 1 / len(fitted))
+            size[index] = np.sqrt(np.mean(err**2) / np.mean(var))
             for j, sigma in enumerate(sigmas):
                 u = metrics.uncertainty_scores(fitted, fair.fitted, fair.target, smoothing=sigma)
                 scores[index, j] = (u.spearman, u.calibrated_spearman, u.ause)
-            err = np.abs(fair.fitted - fair.target)
             for j, other in enumerate((smp.schedule_map(model, x), np.abs(fair.fitted))):
                 others[index, j] = (metrics.spearman(other, err), metrics.ause(other, err))
             print(f"{split} {pair.stem}: " + " ".join(
@@ -83,6 +90,11 @@ def main() -> None:
         print(
             f"== {split} pairs: {len(pairs)}, mean SSIM {q[:, 0].mean():.4f}, "
             f"PSNR {q[:, 1].mean():.3f}"
+        )
+        print(
+            f"std size: rms error of the mean / rms of sqrt(1 + 1/K) x std, median over pairs "
+            f"{np.median(size):.3f} (quartiles {np.percentile(size, 25):.3f}-"
+            f"{np.percentile(size, 75):.3f}; 1 = the right size)"
         )
         print("sigma (px) | Spearman | calibrated | AUSE | pairs above sigma 0 (Spearman)")
         for j, sigma in enumerate(sigmas):
