@@ -15,7 +15,7 @@ Time split (seconds, summed over planes):
     denoiser     the U-Net calls (samples x steps x tiles)
     stitch       the rest of sampling: cutting tiles from the latent, tapered blending,
                  DDIM updates, noise draws, the running mean/variance
-    denormalise  back to input units
+    denormalise  pooling the variance over --variance-smoothing pixels, back to input units
     write        float32 planes into the outputs, flush and rename
 Throughput is input megapixels per second of wall time (the output has 4x the pixels).
 
