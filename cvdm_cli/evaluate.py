@@ -62,7 +62,11 @@ from cvdm_cli.evaluate_report import (
     write_reports,
 )
 from cvdm_cli.normalize import NormParams, denormalize, percentile_normalize
-from cvdm_cli.variance import DEFAULT_VARIANCE_SMOOTHING, pool_variance
+from cvdm_cli.variance import (
+    DEFAULT_VARIANCE_SMOOTHING,
+    check_variance_smoothing,
+    pool_variance,
+)
 from cvdm_cli.views import TTA_DEFAULT
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -669,12 +673,7 @@ def evaluate(
         raise ConfigError("samples, reference samples and steps must be >= 1")
     if (limit is not None and limit < 1) or (rl_iterations is not None and rl_iterations < 1):
         raise ConfigError("limit and rl_iterations must be >= 1")
-    if not (math.isfinite(variance_smoothing) and variance_smoothing >= 0):
-        raise ConfigError(
-            f"variance smoothing must be a number >= 0, got {variance_smoothing}",
-            path="--variance-smoothing",
-            hint=f"e.g. --variance-smoothing {DEFAULT_VARIANCE_SMOOTHING} (0: per pixel)",
-        )
+    check_variance_smoothing(variance_smoothing)
     out = Path(out_dir) if out_dir is not None else None
     if out is not None:
         prepare_out(out, overwrite)

@@ -55,7 +55,11 @@ from cvdm_cli.normalize import (
 from cvdm_cli.sampler import SAMPLERS, auto_batch_size, count_steps
 from cvdm_cli.tiff import OutputTiff, TiffInput, open_tiff, output_spec, with_samples_axis
 from cvdm_cli.tiled import TILINGS, plan_for, reconstruct_plane
-from cvdm_cli.variance import DEFAULT_VARIANCE_SMOOTHING, pool_variance
+from cvdm_cli.variance import (
+    DEFAULT_VARIANCE_SMOOTHING,
+    check_variance_smoothing,
+    pool_variance,
+)
 from cvdm_cli.views import TTA_DEFAULT
 
 __all__ = [
@@ -176,12 +180,7 @@ class EnhanceSettings:
             raise bad("--precision", f"unknown precision {self.precision!r}", "fp32, bf16, fp16")
         if self.spread not in ("var", "std"):
             raise bad("spread", f"unknown uncertainty output {self.spread!r}", "var or std")
-        if not (math.isfinite(self.variance_smoothing) and self.variance_smoothing >= 0):
-            raise bad(
-                "--variance-smoothing",
-                f"must be a number >= 0, got {self.variance_smoothing}",
-                f"e.g. --variance-smoothing {DEFAULT_VARIANCE_SMOOTHING} (0: per pixel)",
-            )
+        check_variance_smoothing(self.variance_smoothing)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

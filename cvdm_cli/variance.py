@@ -24,11 +24,27 @@ import math
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-__all__ = ["DEFAULT_VARIANCE_SMOOTHING", "pool_variance"]
+from cvdm_cli.errors import ConfigError
+
+__all__ = ["DEFAULT_VARIANCE_SMOOTHING", "check_variance_smoothing", "pool_variance"]
 
 # Gaussian sigma in output pixels: about the sigma of the SIM-like output's PSF at the
 # shipped model's pixel sizes (FWHM 2.5-3.5 output pixels), i.e. one resolution element
 DEFAULT_VARIANCE_SMOOTHING = 1.5
+
+
+def _valid(sigma: float) -> bool:
+    return math.isfinite(sigma) and sigma >= 0
+
+
+def check_variance_smoothing(sigma: float) -> None:
+    """Refuse a ``--variance-smoothing`` that cannot be a Gaussian sigma (ConfigError)."""
+    if not _valid(sigma):
+        raise ConfigError(
+            f"variance smoothing must be a number >= 0, got {sigma}",
+            path="--variance-smoothing",
+            hint=f"e.g. --variance-smoothing {DEFAULT_VARIANCE_SMOOTHING} (0: per pixel)",
+        )
 
 
 def pool_variance(var: ArrayLike, sigma: float) -> NDArray[np.floating]:
@@ -41,7 +57,7 @@ def pool_variance(var: ArrayLike, sigma: float) -> NDArray[np.floating]:
     Returns:
         The pooled variance, same shape and dtype; non-negative where ``var`` is.
     """
-    if not (math.isfinite(sigma) and sigma >= 0):
+    if not _valid(sigma):
         msg = f"variance smoothing must be a finite number >= 0, got {sigma}"
         raise ValueError(msg)
     v = np.asarray(var)
