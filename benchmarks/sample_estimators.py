@@ -5,13 +5,18 @@ does (TTA, seed = --seed + pair index) and scores, like `cvdm evaluate` (CSBDeep
 comparison): every sample on its own, the mean of all K (what cvdm writes), the mean of the
 k samples that agree best with the others ("consensus": SSIM of a sample against the mean
 of the other K - 1, no truth involved), the single most central sample (a minimum-Bayes-risk
-choice) and a consensus-weighted mean. With --antithetic, sample 2j + 1 is drawn with the
+choice), a consensus-weighted mean, and the mean with its Monte-Carlo noise filtered
+("wiener": the mean's sampling variance, the samples' variance / K pooled over 1.5 output
+pixels, removed by a local adaptive Wiener filter that shrinks the mean towards its Gaussian
+blur where its local variance is no larger than that noise). With --extra-model M
+(repeatable), also M's own mean of K samples and an ensemble: K/2 samples of each model.
+With --antithetic, sample 2j + 1 is drawn with the
 negated noise of sample 2j: without TTA, or with --tta --shared-views in the same view (both
 as `cvdm --antithetic`), or with --tta alone in separate views (the noise carried across).
 
 Prints one line per pair (the spread of the per-sample SSIMs, the correlation of consensus
 with true quality, each estimator's SSIM / PSNR gain over the report's Richardson-Lucy
-row), then per estimator the mean SSIM and PSNR and the pairs won against RL.
+row), then per estimator the mean SSIM and PSNR, the pairs won against RL and those lost.
 
     python benchmarks/sample_estimators.py --model cvdm_cli/models/cvdm-small-v1.safetensors \\
         --lr sim_eval/lr --hr sim_eval/hr --report report/
@@ -25,12 +30,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from scipy.ndimage import gaussian_filter, uniform_filter
 from skimage.metrics import structural_similarity
 
 from cvdm_cli import metrics, views
 from cvdm_cli import sampler as smp
 from cvdm_cli.evaluate import read_plane
 from cvdm_cli.normalize import denormalize, percentile_normalize
+from cvdm_cli.variance import pool_variance
 from cvdm_cli.weights import load_weights
 
 
@@ -69,6 +76,19 @@ def consensus(samples: np.ndarray) -> np.ndarray:
     )
 
 
+def wiener_mean(samples: np.ndarray, sigma: float = 1.5, window: int = 7) -> np.ndarray:
+    """The mean of K samples (K, H, W) with its Monte-Carlo noise filtered: the noise
+    variance var / K (pooled over ``sigma`` pixels) is removed by a local adaptive Wiener
+    filter (``window`` x ``window`` local statistics) towards the mean's Gaussian blur."""
+    mean = samples.mean(0)
+    noise = pool_variance(samples.var(0, ddof=1) / len(samples), sigma)
+    blurred = gaussian_filter(mean, sigma)
+    local_mean = uniform_filter(mean, window)
+    local_var = uniform_filter(mean * mean, window) - local_mean**2
+    keep = np.clip((local_var - noise) / np.maximum(local_var, 1e-12), 0.0, 1.0)
+    return blurred + keep * (mean - blurred)
+
+
 def estimators(samples: np.ndarray, agree: np.ndarray, top: int) -> dict[str, np.ndarray]:
     order = np.argsort(-agree)
     weights = np.exp((agree - agree.max()) / 0.02)
@@ -77,6 +97,7 @@ def estimators(samples: np.ndarray, agree: np.ndarray, top: int) -> dict[str, np
         f"top{top}": samples[order[:top]].mean(0),
         "central": samples[order[0]],
         "weighted": np.tensordot(weights / weights.sum(), samples, 1),
+        "wiener": wiener_mean(samples),
     }
 
 
@@ -97,9 +118,16 @@ def main() -> None:
         help="with --antithetic --tta: mates share a view (sample k in view k // 2 % 8)",
     )
     ap.add_argument("--precision", default="fp32")
+    ap.add_argument(
+        "--extra-model",
+        action="append",
+        default=[],
+        help="another model (path): its own mean of K samples, and K/2 + K/2 with --model",
+    )
     args = ap.parse_args()
 
     model = load_weights(args.model)
+    extras = {Path(m).stem: load_weights(m) for m in args.extra_model}
     with (args.report / "metrics.csv").open() as fh:
         rl = {r["stem"]: r for r in csv.DictReader(fh) if r["method"] == "rl"}
     # --antithetic [--tta --shared-views] is what `cvdm --antithetic` does; only mates in
@@ -108,6 +136,7 @@ def main() -> None:
     if separate:
         smp.NoiseSource = SeparateViewAntithetic
     totals: dict[str, list[tuple[float, float, bool]]] = {}
+    lost: dict[str, list[str]] = {}  # estimator -> stems where RL's SSIM is not lower
     for index, stem in enumerate(sorted(rl)):
         lr, hr = read_plane(args.lr / f"{stem}.tif"), read_plane(args.hr / f"{stem}.tif")
         x, norm = percentile_normalize(lr, model.config.norm_low, model.config.norm_high)
@@ -122,13 +151,31 @@ def main() -> None:
             return_samples=True,
         )
         samples = rec.samples
+        ensembles = {}
+        for j, (name, extra) in enumerate(extras.items(), start=1):
+            # its own normalisation (its percentiles), its own seeds, mapped to model's units
+            xe, norm_e = percentile_normalize(lr, extra.config.norm_low, extra.config.norm_high)
+            other = smp.reconstruct(
+                extra,
+                xe,
+                samples=args.samples,
+                generator=torch.Generator().manual_seed(args.seed + index + 10_000 * j),
+                tta=True,
+                precision=args.precision,
+                return_samples=True,
+            ).samples
+            other = (denormalize(other, norm_e) - norm.center) / norm.half_range
+            half = args.samples // 2
+            ensembles[name] = other.mean(0)
+            ensembles[f"{name}+model"] = np.concatenate([samples[:half], other[:half]]).mean(0)
         each = np.array([metrics.fair_scores(denormalize(s, norm), hr).ssim for s in samples])
         agree = consensus(samples)
         rl_ssim, rl_psnr = float(rl[stem]["ssim"]), float(rl[stem]["psnr"])
         parts = []
-        for name, estimate in estimators(samples, agree, args.top).items():
+        for name, estimate in (estimators(samples, agree, args.top) | ensembles).items():
             fair = metrics.fair_scores(denormalize(estimate, norm), hr)
             totals.setdefault(name, []).append((fair.ssim, fair.psnr, fair.ssim > rl_ssim))
+            lost.setdefault(name, []).extend([] if fair.ssim > rl_ssim else [stem])
             parts.append(f"{name} {fair.ssim - rl_ssim:+.3f}/{fair.psnr - rl_psnr:+.2f}")
         corr = float(np.corrcoef(agree, each)[0, 1])
         print(
@@ -140,7 +187,7 @@ def main() -> None:
         a = np.array(rows)
         print(
             f"{name}: SSIM {a[:, 0].mean():.4f}, PSNR {a[:, 1].mean():.3f}, "
-            f"SSIM wins vs RL {int(a[:, 2].sum())}/{len(a)}"
+            f"SSIM wins vs RL {int(a[:, 2].sum())}/{len(a)}; lost: {', '.join(lost[name])}"
         )
 
 

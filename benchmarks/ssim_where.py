@@ -1,0 +1,143 @@
+"""Where in the image does cvdm gain or lose SSIM against Richardson-Lucy?
+
+For every scored pair of a `cvdm evaluate` report, draws K fast samples as `cvdm evaluate`
+did (TTA, seed = report seed + pair index) and runs Richardson-Lucy as it did (the report's
+iteration count, each pair's PSF from params.json), then splits skimage's SSIM map (7x7
+windows, after the CSBDeep fair comparison) into
+
+- structure windows (the target's 7x7 maximum above 0.1 after the fair normalisation,
+  which maps the target's 0.1 / 99.9 percentiles to 0 / 1) and background windows (the rest),
+  with the standard deviation of each estimate over the background pixels: how much
+  texture it leaves where the truth is empty;
+- bands by distance to the image border (0-8, 8-16, 16-32 and 32+ output pixels).
+
+Prints one line per pair (SSIM of both methods, per window kind, the background sd) and
+then, for both splits, the mean SSIM-map gain of cvdm over RL and the pairs where cvdm
+gains. Lines for the pairs that RL wins are marked with '*'.
+
+    python benchmarks/ssim_where.py --model cvdm_cli/models/cvdm-small-v1.safetensors \\
+        --lr sim_eval/lr --hr sim_eval/hr --report report/ [--precision fp32]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy.ndimage import maximum_filter
+from skimage.metrics import structural_similarity
+
+from cvdm_cli import baselines, metrics
+from cvdm_cli import sampler as smp
+from cvdm_cli.evaluate import _PSFs, load_params, read_plane
+from cvdm_cli.normalize import denormalize, percentile_normalize
+from cvdm_cli.weights import load_weights
+
+STRUCTURE_LEVEL = 0.1  # fair-normalised target units (0 / 1 = its 0.1 / 99.9 percentiles)
+WINDOW = 7  # skimage's default SSIM window, also the structure neighbourhood
+BANDS = ((0, 8), (8, 16), (16, 32), (32, None))  # output pixels from the nearest border
+
+
+def ssim_map(pred: np.ndarray, hr: np.ndarray) -> tuple[float, np.ndarray, metrics.FairScores]:
+    """(mean SSIM, SSIM map (H, W), fair scores) after the CSBDeep fit, as cvdm evaluate."""
+    fair = metrics.fair_scores(pred, hr)
+    _, full = structural_similarity(fair.target, fair.fitted, data_range=fair.data_range, full=True)
+    return fair.ssim, full, fair
+
+
+def border_distance(shape: tuple[int, int]) -> np.ndarray:
+    """(H, W) integer distance of each pixel to the nearest image edge."""
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    return np.minimum(np.minimum(yy, xx), np.minimum(shape[0] - 1 - yy, shape[1] - 1 - xx))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--lr", type=Path, required=True)
+    ap.add_argument("--hr", type=Path, required=True)
+    ap.add_argument("--report", type=Path, required=True, help="a cvdm evaluate report folder")
+    ap.add_argument("--samples", type=int, default=8)
+    ap.add_argument("--precision", default="fp32")
+    args = ap.parse_args()
+
+    settings = json.loads((args.report / "report.json").read_text())["settings"]
+    with (args.report / "metrics.csv").open() as fh:
+        rl_rows = {r["stem"]: r for r in csv.DictReader(fh) if r["method"] == "rl"}
+    iterations = int(settings["rl_iterations"])
+    params = load_params(args.lr.parent, args.hr.parent)
+    psfs = _PSFs(params, 2, None, None)
+    model = load_weights(args.model)
+
+    kinds: list[tuple[float, float, float, float]] = []  # structure / background gains, sds
+    bands: list[list[float]] = []
+    for index, stem in enumerate(sorted(rl_rows)):
+        lr_path = args.lr / f"{stem}.tif"
+        lr, hr = read_plane(lr_path), read_plane(args.hr / f"{stem}.tif")
+        x, norm = percentile_normalize(lr, model.config.norm_low, model.config.norm_high)
+        rec = smp.reconstruct(
+            model,
+            x,
+            samples=args.samples,
+            generator=torch.Generator().manual_seed(int(settings["sampler_seed"]) + index),
+            tta=bool(settings["tta"]),
+            precision=args.precision,
+            return_samples=True,
+        )
+        mean = denormalize(rec.samples, norm).astype(np.float64).mean(axis=0)
+        rl = baselines.richardson_lucy(
+            baselines.bicubic_upsample(lr, 2), psfs.get(stem, lr_path), iterations
+        )
+        (c_ssim, c_map, c_fair), (r_ssim, r_map, r_fair) = ssim_map(mean, hr), ssim_map(rl, hr)
+        structure = maximum_filter(c_fair.target, WINDOW) > STRUCTURE_LEVEL
+        background = ~structure
+        c_sd, r_sd = (
+            f.fitted[background].std() if background.any() else np.nan for f in (c_fair, r_fair)
+        )
+        split = [
+            m[sel].mean() if sel.any() else np.nan
+            for m in (c_map, r_map)
+            for sel in (structure, background)
+        ]
+        kinds.append((split[0] - split[2], split[1] - split[3], c_sd, r_sd))
+        dist = border_distance(c_map.shape)
+        gain = c_map - r_map
+        bands.append(
+            [gain[(dist >= lo) & (dist < (hi or dist.max() + 1))].mean() for lo, hi in BANDS]
+        )
+        mark = "*" if c_ssim <= r_ssim else " "
+        print(
+            f"{mark}{stem}: SSIM cvdm {c_ssim:.3f} RL {r_ssim:.3f} | structure windows "
+            f"({structure.mean():.0%}) {split[0]:.3f} vs {split[2]:.3f} | background "
+            f"{split[1]:.3f} vs {split[3]:.3f}, sd {c_sd:.4f} vs {r_sd:.4f}",
+            flush=True,
+        )
+        if abs(r_ssim - float(rl_rows[stem]["ssim"])) > 1e-6:
+            print(f"  note: RL SSIM {r_ssim:.6f} differs from the report's {rl_rows[stem]['ssim']}")
+
+    k, b = np.array(kinds), np.array(bands)
+    n = len(k)
+    for name, col in (("structure windows", 0), ("background windows", 1)):
+        v = k[:, col][~np.isnan(k[:, col])]
+        print(
+            f"{name}: mean SSIM-map gain cvdm - RL {v.mean():+.4f}, "
+            f"cvdm better on {int((v > 0).sum())}/{len(v)} pairs"
+        )
+    print(
+        f"background sd (fair units, median over pairs): cvdm {np.nanmedian(k[:, 2]):.4f}, "
+        f"RL {np.nanmedian(k[:, 3]):.4f}"
+    )
+    for (lo, hi), col in zip(BANDS, b.T, strict=True):
+        where = f"{lo}-{hi}" if hi else f"{lo}+"
+        print(
+            f"border distance {where} px: mean SSIM-map gain {col.mean():+.4f}, "
+            f"cvdm better on {int((col > 0).sum())}/{n} pairs"
+        )
+
+
+if __name__ == "__main__":
+    main()
