@@ -9,7 +9,10 @@ choice), a consensus-weighted mean, and the mean with its Monte-Carlo noise filt
 ("wiener": the mean's sampling variance, the samples' variance / K pooled over 1.5 output
 pixels, removed by a local adaptive Wiener filter that shrinks the mean towards its Gaussian
 blur where its local variance is no larger than that noise). With --extra-model M
-(repeatable), also M's own mean of K samples and an ensemble: K/2 samples of each model.
+(repeatable), also M's own mean of K samples and an ensemble: K/2 samples of each model,
+and per pair how much the models make the same mistakes: the correlation, over the
+background pixels, between the error of the model's first K/2-sample mean and that of its
+other K/2 samples (the same model, other noise) or of M's first K/2.
 With --antithetic, sample 2j + 1 is drawn with the
 negated noise of sample 2j: without TTA, or with --tta --shared-views in the same view (both
 as `cvdm --antithetic`), or with --tta alone in separate views (the noise carried across).
@@ -30,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from scipy.ndimage import gaussian_filter, uniform_filter
+from scipy.ndimage import gaussian_filter, maximum_filter, uniform_filter
 from skimage.metrics import structural_similarity
 
 from cvdm_cli import metrics, views
@@ -89,6 +92,26 @@ def wiener_mean(samples: np.ndarray, sigma: float = 1.5, window: int = 7) -> np.
     return blurred + keep * (mean - blurred)
 
 
+def error_agreement(
+    reference: np.ndarray, others: dict[str, np.ndarray], norm, hr: np.ndarray
+) -> dict[str, float]:
+    """Correlation, over the background pixels (the fair-normalised truth's 7x7 maximum at
+    most 0.1, as benchmarks/ssim_where.py), between the error of ``reference`` and that of
+    each of ``others`` (normalised-unit estimates of one pair, each fitted to ``hr`` on its
+    own): whether two estimates make the same mistakes where the truth is empty."""
+    ref = metrics.fair_scores(denormalize(reference, norm), hr)
+    background = maximum_filter(ref.target, 7) <= 0.1
+    if background.sum() < 2:
+        return {name: float("nan") for name in others}
+    out = {}
+    for name, estimate in others.items():
+        fair = metrics.fair_scores(denormalize(estimate, norm), hr)
+        # the fair normalisation of the truth does not depend on the estimate
+        err_ref, err = (e.fitted[background] - ref.target[background] for e in (ref, fair))
+        out[name] = float(np.corrcoef(err_ref, err)[0, 1])
+    return out
+
+
 def estimators(samples: np.ndarray, agree: np.ndarray, top: int) -> dict[str, np.ndarray]:
     order = np.argsort(-agree)
     weights = np.exp((agree - agree.max()) / 0.02)
@@ -137,9 +160,11 @@ def main() -> None:
         smp.NoiseSource = SeparateViewAntithetic
     totals: dict[str, list[tuple[float, float, bool]]] = {}
     lost: dict[str, list[str]] = {}  # estimator -> stems where RL's SSIM is not lower
+    agreement: dict[str, list[float]] = {}  # other 4-sample mean -> background error corr
     for index, stem in enumerate(sorted(rl)):
         lr, hr = read_plane(args.lr / f"{stem}.tif"), read_plane(args.hr / f"{stem}.tif")
         x, norm = percentile_normalize(lr, model.config.norm_low, model.config.norm_high)
+        half_k = args.samples // 2
         rec = smp.reconstruct(
             model,
             x,
@@ -151,7 +176,8 @@ def main() -> None:
             return_samples=True,
         )
         samples = rec.samples
-        ensembles = {}
+        ensembles: dict[str, np.ndarray] = {}
+        halves = {"model, other samples": samples[half_k:].mean(0)}  # 4-sample means
         for j, (name, extra) in enumerate(extras.items(), start=1):
             # its own normalisation (its percentiles), its own seeds, mapped to model's units
             xe, norm_e = percentile_normalize(lr, extra.config.norm_low, extra.config.norm_high)
@@ -168,6 +194,7 @@ def main() -> None:
             half = args.samples // 2
             ensembles[name] = other.mean(0)
             ensembles[f"{name}+model"] = np.concatenate([samples[:half], other[:half]]).mean(0)
+            halves[name] = other[:half].mean(0)
         each = np.array([metrics.fair_scores(denormalize(s, norm), hr).ssim for s in samples])
         agree = consensus(samples)
         rl_ssim, rl_psnr = float(rl[stem]["ssim"]), float(rl[stem]["psnr"])
@@ -183,6 +210,16 @@ def main() -> None:
             f"corr(consensus, SSIM) {corr:+.2f} | gain over RL (SSIM/PSNR): " + ", ".join(parts),
             flush=True,
         )
+        if extras:
+            shared = error_agreement(samples[:half_k].mean(0), halves, norm, hr)
+            for name, r in shared.items():
+                agreement.setdefault(name, []).append(r)
+            print(
+                "  background error correlation with the model's first 4-sample mean: "
+                + ", ".join(f"{name} {r:+.2f}" for name, r in shared.items())
+            )
+    for name, values in agreement.items():
+        print(f"background error correlation, {name}: median {np.nanmedian(values):+.2f}")
     for name, rows in totals.items():
         a = np.array(rows)
         print(
