@@ -39,7 +39,7 @@ from skimage.metrics import structural_similarity
 from cvdm_cli import metrics, views
 from cvdm_cli import sampler as smp
 from cvdm_cli.evaluate import read_plane
-from cvdm_cli.normalize import denormalize, percentile_normalize
+from cvdm_cli.normalize import NormParams, denormalize, percentile_normalize
 from cvdm_cli.variance import pool_variance
 from cvdm_cli.weights import load_weights
 
@@ -93,7 +93,7 @@ def wiener_mean(samples: np.ndarray, sigma: float = 1.5, window: int = 7) -> np.
 
 
 def error_agreement(
-    reference: np.ndarray, others: dict[str, np.ndarray], norm, hr: np.ndarray
+    reference: np.ndarray, others: dict[str, np.ndarray], norm: NormParams, hr: np.ndarray
 ) -> dict[str, float]:
     """Correlation, over the background pixels (the fair-normalised truth's 7x7 maximum at
     most 0.1, as benchmarks/ssim_where.py), between the error of ``reference`` and that of
