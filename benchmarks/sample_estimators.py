@@ -160,7 +160,7 @@ def main() -> None:
         smp.NoiseSource = SeparateViewAntithetic
     totals: dict[str, list[tuple[float, float, bool]]] = {}
     lost: dict[str, list[str]] = {}  # estimator -> stems where RL's SSIM is not lower
-    agreement: dict[str, list[float]] = {}  # other 4-sample mean -> background error corr
+    agreement: dict[str, list[float]] = {}  # other K/2-sample mean -> background error corr
     for index, stem in enumerate(sorted(rl)):
         lr, hr = read_plane(args.lr / f"{stem}.tif"), read_plane(args.hr / f"{stem}.tif")
         x, norm = percentile_normalize(lr, model.config.norm_low, model.config.norm_high)
@@ -177,7 +177,7 @@ def main() -> None:
         )
         samples = rec.samples
         ensembles: dict[str, np.ndarray] = {}
-        halves = {"model, other samples": samples[half_k:].mean(0)}  # 4-sample means
+        halves = {"model, other samples": samples[half_k:].mean(0)}  # K/2-sample means
         for j, (name, extra) in enumerate(extras.items(), start=1):
             # its own normalisation (its percentiles), its own seeds, mapped to model's units
             xe, norm_e = percentile_normalize(lr, extra.config.norm_low, extra.config.norm_high)
@@ -191,10 +191,9 @@ def main() -> None:
                 return_samples=True,
             ).samples
             other = (denormalize(other, norm_e) - norm.center) / norm.half_range
-            half = args.samples // 2
             ensembles[name] = other.mean(0)
-            ensembles[f"{name}+model"] = np.concatenate([samples[:half], other[:half]]).mean(0)
-            halves[name] = other[:half].mean(0)
+            ensembles[f"{name}+model"] = np.concatenate([samples[:half_k], other[:half_k]]).mean(0)
+            halves[name] = other[:half_k].mean(0)
         each = np.array([metrics.fair_scores(denormalize(s, norm), hr).ssim for s in samples])
         agree = consensus(samples)
         rl_ssim, rl_psnr = float(rl[stem]["ssim"]), float(rl[stem]["psnr"])
@@ -215,7 +214,7 @@ def main() -> None:
             for name, r in shared.items():
                 agreement.setdefault(name, []).append(r)
             print(
-                "  background error correlation with the model's first 4-sample mean: "
+                f"  background error correlation with the model's first {half_k}-sample mean: "
                 + ", ".join(f"{name} {r:+.2f}" for name, r in shared.items())
             )
     for name, values in agreement.items():
