@@ -29,12 +29,16 @@ from __future__ import annotations
 
 import argparse
 import csv
+import sys
 from pathlib import Path
 
 import numpy as np
 import torch
-from scipy.ndimage import gaussian_filter, maximum_filter, uniform_filter
+from scipy.ndimage import gaussian_filter, uniform_filter
 from skimage.metrics import structural_similarity
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from ssim_where import structure_mask  # the background of benchmarks/ssim_where.py
 
 from cvdm_cli import metrics, views
 from cvdm_cli import sampler as smp
@@ -95,12 +99,12 @@ def wiener_mean(samples: np.ndarray, sigma: float = 1.5, window: int = 7) -> np.
 def error_agreement(
     reference: np.ndarray, others: dict[str, np.ndarray], norm: NormParams, hr: np.ndarray
 ) -> dict[str, float]:
-    """Correlation, over the background pixels (the fair-normalised truth's 7x7 maximum at
-    most 0.1, as benchmarks/ssim_where.py), between the error of ``reference`` and that of
-    each of ``others`` (normalised-unit estimates of one pair, each fitted to ``hr`` on its
-    own): whether two estimates make the same mistakes where the truth is empty."""
+    """Correlation, over the background pixels (``ssim_where.structure_mask``'s complement),
+    between the error of ``reference`` and that of each of ``others`` (normalised-unit
+    estimates of one pair, each fitted to ``hr`` on its own): whether two estimates make the
+    same mistakes where the truth is empty."""
     ref = metrics.fair_scores(denormalize(reference, norm), hr)
-    background = maximum_filter(ref.target, 7) <= 0.1
+    background = ~structure_mask(ref.target)
     if background.sum() < 2:
         return {name: float("nan") for name in others}
     out = {}
@@ -161,10 +165,10 @@ def main() -> None:
     totals: dict[str, list[tuple[float, float, bool]]] = {}
     lost: dict[str, list[str]] = {}  # estimator -> stems where RL's SSIM is not lower
     agreement: dict[str, list[float]] = {}  # other K/2-sample mean -> background error corr
+    half_k = args.samples // 2
     for index, stem in enumerate(sorted(rl)):
         lr, hr = read_plane(args.lr / f"{stem}.tif"), read_plane(args.hr / f"{stem}.tif")
         x, norm = percentile_normalize(lr, model.config.norm_low, model.config.norm_high)
-        half_k = args.samples // 2
         rec = smp.reconstruct(
             model,
             x,

@@ -49,6 +49,12 @@ def ssim_map(pred: np.ndarray, hr: np.ndarray) -> tuple[float, np.ndarray, metri
     return fair.ssim, full, fair
 
 
+def structure_mask(target: np.ndarray) -> np.ndarray:
+    """(H, W) bool: pixels whose 7x7 neighbourhood in the fair-normalised target (metrics.
+    fair_scores' ``target``) reaches STRUCTURE_LEVEL; the rest is background."""
+    return maximum_filter(target, WINDOW) > STRUCTURE_LEVEL
+
+
 def border_distance(shape: tuple[int, int]) -> np.ndarray:
     """(H, W) integer distance of each pixel to the nearest image edge."""
     yy, xx = np.mgrid[: shape[0], : shape[1]]
@@ -93,7 +99,7 @@ def main() -> None:
             baselines.bicubic_upsample(lr, 2), psfs.get(stem, lr_path), iterations
         )
         (c_ssim, c_map, c_fair), (r_ssim, r_map, r_fair) = ssim_map(mean, hr), ssim_map(rl, hr)
-        structure = maximum_filter(c_fair.target, WINDOW) > STRUCTURE_LEVEL
+        structure = structure_mask(c_fair.target)
         background = ~structure
         c_sd, r_sd = (
             f.fitted[background].std() if background.any() else np.nan for f in (c_fair, r_fair)
