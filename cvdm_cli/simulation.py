@@ -174,8 +174,25 @@ def _loguniform(rng: np.random.Generator, low: float, high: float) -> float:
     return float(np.exp(rng.uniform(np.log(low), np.log(high))))
 
 
+PHOTONS_RANGE = (20.0, 2000.0)  # the default log-uniform range of the drawn signal
+
+
+def check_photons_range(photons_range: tuple[float, float]) -> tuple[float, float]:
+    """(low, high) of the drawn photons as floats; ConfigError unless 0 < low <= high <= 30000."""
+    low, high = (float(v) for v in photons_range)
+    if not (0.0 < low <= high <= 30000.0):
+        msg = f"photons range {low:g}:{high:g} is not 0 < low <= high <= 30000"
+        raise ConfigError(msg, path="--photons-range", hint="e.g. --photons-range 10:2000")
+    return low, high
+
+
 def draw_params(
-    rng: np.random.Generator, structure: str = "mixed", *, size: int = 256, **fixed: Any
+    rng: np.random.Generator,
+    structure: str = "mixed",
+    *,
+    size: int = 256,
+    photons_range: tuple[float, float] = PHOTONS_RANGE,
+    **fixed: Any,
 ) -> SimulationParams:
     """Draw one pair's optics, camera and signal; ``fixed`` pins any field by name.
 
@@ -183,10 +200,11 @@ def draw_params(
     62.6 nm, GFP-like emission ~525 nm), half span the whole randomised range (NA 1.2-1.5,
     emission 500-680 nm, pixel 55-110 nm). Every draw: specimen index 1.33-1.52, slab
     depth 0.4-4 µm, defocus N(0, 150 nm) clipped to ±400 nm, photons 20-2000
-    (log-uniform), background 1-50 % of the photons (log-uniform), read noise
-    0.8-2 e-, gain 0.5-2.5 ADU/e-, offset 100 ADU. The draw order is fixed, so pinning a
-    field does not change the others (the background stays a drawn fraction of the
-    photons, and a drawn NA stays below a pinned immersion index).
+    (log-uniform; ``photons_range`` changes the bounds, same draw), background 1-50 % of
+    the photons (log-uniform), read noise 0.8-2 e-, gain 0.5-2.5 ADU/e-, offset 100 ADU.
+    The draw order is fixed, so pinning a field does not change the others (the
+    background stays a drawn fraction of the photons, and a drawn NA stays below a pinned
+    immersion index).
     """
     unknown = sorted(set(fixed) - set(FIELDS))
     if unknown:
@@ -201,7 +219,7 @@ def draw_params(
         na = rng.uniform(1.2, 1.5)
         pixel = rng.uniform(55.0, 110.0)
         emission = rng.uniform(500.0, 680.0)
-    photons = _loguniform(rng, 20.0, 2000.0)
+    photons = _loguniform(rng, *check_photons_range(photons_range))
     drawn: dict[str, Any] = {
         "structure": structure,
         "size": int(size),

@@ -226,6 +226,27 @@ def test_draw_params_ranges_and_fixed_values():
         SimulationParams(structure="beads")
 
 
+def test_photons_range_moves_only_the_signal():
+    default = [draw_params(np.random.default_rng(i), "mixed") for i in range(50)]
+    same = [
+        draw_params(np.random.default_rng(i), "mixed", photons_range=(20, 2000)) for i in range(50)
+    ]
+    dim = [draw_params(np.random.default_rng(i), "mixed", photons_range=(5, 10)) for i in range(50)]
+    assert default == same  # the default bounds are 20:2000
+    for d, p in zip(default, dim, strict=True):
+        assert 5.0 <= p.photons <= 10.0
+        # the same uniform draw, mapped log-linearly onto the new bounds
+        u = np.log(d.photons / 20.0) / np.log(100.0)
+        assert np.isclose(np.log(p.photons / 5.0) / np.log(2.0), u)
+        assert p.background / p.photons == pytest.approx(d.background / d.photons)
+        assert (p.na, p.seed, p.defocus_nm, p.gain) == (d.na, d.seed, d.defocus_nm, d.gain)
+    pinned = draw_params(np.random.default_rng(0), "mixed", photons_range=(5, 10), photons=300)
+    assert pinned.photons == 300.0
+    for bad in [(0, 10), (10, 5), (10, 40000)]:
+        with pytest.raises(errors.ConfigError):
+            draw_params(np.random.default_rng(0), "mixed", photons_range=bad)
+
+
 def _files(root):
     return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*.tif"))}
 
@@ -325,8 +346,30 @@ def test_cli_writes_a_dataset(tmp_path):
     assert len(list((out / "lr").glob("*.tif"))) == 2 and len(list((out / "hr").glob("*.tif"))) == 2
 
 
+def test_cli_photons_range_is_drawn_recorded_and_repeatable(tmp_path):
+    out = tmp_path / "dim"
+    args = ["simulate", str(out), "--n", "2", "--seed", "4", "--size", "32"]
+    res = _invoke([*args, "--photons-range", "5:12", "--quiet"])
+    assert res.exit_code == 0, res.output
+    doc = json.loads((out / "params.json").read_text())
+    assert doc["generator"]["fixed"]["photons_range"] == [5.0, 12.0]
+    assert "--photons-range 5:12" in doc["generator"]["command"]
+    assert all(5.0 <= meta["photons"] <= 12.0 for meta in doc["pairs"].values())
+    again = simulate_dataset(tmp_path / "again", 2, seed=4, size=32, photons_range=(5, 12))
+    assert again["pairs"] == doc["pairs"]
+
+
 @pytest.mark.parametrize(
-    "bad", [["--structure", "beads"], ["--na", "1.7"], ["--size", "31"], ["--n", "0"]]
+    "bad",
+    [
+        ["--structure", "beads"],
+        ["--na", "1.7"],
+        ["--size", "31"],
+        ["--n", "0"],
+        ["--photons-range", "10"],
+        ["--photons-range", "a:b"],
+        ["--photons-range", "100:10"],
+    ],
 )
 def test_cli_rejects_bad_options_with_exit_2(tmp_path, bad):
     args = ["simulate", str(tmp_path / "x"), "--n", "1", "--quiet", *bad]

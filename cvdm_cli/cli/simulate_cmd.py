@@ -38,6 +38,11 @@ def simulate(
     photons: float | None = typer.Option(
         None, "--photons", help="Fix the photons per pixel on the brightest structures."
     ),
+    photons_range: str | None = typer.Option(
+        None,
+        "--photons-range",
+        help="LOW:HIGH bounds of the drawn photons (log-uniform; default 20:2000).",
+    ),
     background: float | None = typer.Option(
         None, "--background", help="Fix the background (photons per pixel)."
     ),
@@ -69,6 +74,8 @@ def simulate(
             "gain": gain,
             "offset_adu": offset,
         }
+        if photons_range is not None:
+            fixed["photons_range"] = parse_photons_range(photons_range)
         check_dataset_options(
             outdir, n, structure=structure, seed=seed, size=size, overwrite=overwrite, **fixed
         )
@@ -76,7 +83,9 @@ def simulate(
         args += ["--seed", str(seed), "--size", str(size)] + (["--simple"] if simple else [])
         names = {"lr_pixel_nm": "pixel-nm", "read_noise_e": "read-noise", "offset_adu": "offset"}
         for key, value in fixed.items():
-            if value is not None:
+            if key == "photons_range":
+                args += ["--photons-range", f"{value[0]:g}:{value[1]:g}"]
+            elif value is not None:
                 args += [f"--{names.get(key, key.replace('_', '-'))}", f"{value:g}"]
         command = shlex.join(args)
         start = time.perf_counter()
@@ -122,6 +131,21 @@ def simulate(
             )
 
     run_guarded(body)
+
+
+def parse_photons_range(text: str) -> tuple[float, float]:
+    """'LOW:HIGH' -> (low, high); ConfigError naming the option on anything else."""
+    from cvdm_cli.errors import ConfigError
+    from cvdm_cli.simulation import check_photons_range
+
+    parts = text.split(":")
+    try:
+        low, high = (float(v) for v in parts)
+    except ValueError:
+        msg = f"--photons-range {text!r} is not LOW:HIGH"
+        hint = "e.g. --photons-range 10:2000"
+        raise ConfigError(msg, path="--photons-range", hint=hint) from None
+    return check_photons_range((low, high))
 
 
 def register(app: typer.Typer) -> None:
