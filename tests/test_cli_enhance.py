@@ -504,3 +504,21 @@ def test_help_does_not_import_torch(args):
     assert marker == "NO-TORCH" and exit_code == "0"
     assert ("Usage" in done.stdout) or ("cvdm " in done.stdout)
     assert wall < 5  # typically 0.4-0.7 s here; importing torch alone takes seconds
+
+
+def test_every_command_summary_is_one_line():
+    """`cvdm --help` lists each command by its docstring's first paragraph, and the rich
+    markup mode keeps that paragraph's line breaks: a wrapped summary breaks mid-sentence."""
+    import typer
+
+    from cvdm_cli.cli.app import app
+
+    def summaries(group, path=()):
+        for name, command in getattr(group, "commands", {}).items():
+            yield (*path, name), (command.help or "").strip().split("\n\n")[0]
+            yield from summaries(command, (*path, name))
+
+    found = dict(summaries(typer.main.get_command(app)))
+    assert {("enhance",), ("uncertainty",), ("train",), ("models", "pull")} <= set(found)
+    wrapped = {" ".join(path): text for path, text in found.items() if "\n" in text or not text}
+    assert not wrapped

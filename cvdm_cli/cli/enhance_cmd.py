@@ -132,8 +132,10 @@ def enhance(
     gpus: GpusOpt = None,
     scheduler: SchedulerOpt = None,
 ) -> None:
-    """Super-resolve TIFFs 2x: <stem>_cvdm.tif (mean of the samples) and <stem>_cvdm_var.tif
-    (their per-pixel variance), axes kept, pixel size halved."""
+    """Super-resolve TIFFs 2x and write a per-pixel uncertainty map beside each.
+
+    <stem>_cvdm.tif (mean of the samples) and <stem>_cvdm_var.tif (their per-pixel
+    variance), axes kept, pixel size halved."""
     options = dict(locals())
     run_guarded(lambda: _run("enhance", threshold=None, **options))
 
@@ -185,9 +187,10 @@ def uncertainty(
     gpus: GpusOpt = None,
     scheduler: SchedulerOpt = None,
 ) -> None:
-    """Where can a reconstruction not be trusted? Writes only <stem>_cvdm_var.tif (or
-    _cvdm_std.tif) and <stem>_cvdm_difficulty.tif, and prints per file the mean and
-    99th-percentile std in input intensity units."""
+    """Where can a reconstruction not be trusted? Uncertainty maps only, no image.
+
+    Writes <stem>_cvdm_var.tif (or _cvdm_std.tif) and <stem>_cvdm_difficulty.tif, and
+    prints per file the mean and 99th-percentile std in input intensity units."""
     options = dict(locals())
     run_guarded(lambda: _run("uncertainty", save_samples=False, **options))
 
