@@ -442,6 +442,7 @@ class _Run:
     precision: str
     antithetic: bool = False
     variance_smoothing: float = DEFAULT_VARIANCE_SMOOTHING
+    passes: tuple[int, ...] = ()  # fast sampler's steps per pass; () = one pass
 
     def calls(self, with_reference: bool) -> int:
         """Denoiser passes (image-samples x steps) for one image."""
@@ -488,6 +489,7 @@ def _sample(
         return_samples=True,
         tta=run.tta,
         antithetic=run.antithetic,
+        passes=list(run.passes) if sampler == "fast" and run.passes else None,
         precision=run.precision,
     )
     seconds = time.perf_counter() - t0
@@ -624,6 +626,7 @@ def evaluate(
     sampler_seed: int | None = None,
     tta: bool = TTA_DEFAULT,
     antithetic: bool = False,
+    passes: int | str | Sequence[int] | None = None,
     variance_smoothing: float = DEFAULT_VARIANCE_SMOOTHING,
     device: str = "cpu",
     precision: str = "fp32",
@@ -652,6 +655,8 @@ def evaluate(
             the same split and baselines can be rescored with other draws; default ``seed``.
         antithetic: draw the samples in antithetic pairs, as ``cvdm enhance --antithetic``
             (:func:`cvdm_cli.sampler.noise_mate`).
+        passes: split the fast sampler's steps into passes that restart from t_max, as
+            ``cvdm enhance --passes`` (a count or the steps per pass; None: one pass).
         tta: draw sample k from view k % 8 of the input (flips and quarter turns,
             :mod:`cvdm_cli.views`), as ``cvdm enhance`` does by default.
         variance_smoothing: Gaussian sigma (output pixels) over which the sample variance
@@ -674,6 +679,9 @@ def evaluate(
     if (limit is not None and limit < 1) or (rl_iterations is not None and rl_iterations < 1):
         raise ConfigError("limit and rl_iterations must be >= 1")
     check_variance_smoothing(variance_smoothing)
+    from cvdm_cli.passes import resolve_passes
+
+    fast_plan = tuple(resolve_passes("fast", steps, passes))
     out = Path(out_dir) if out_dir is not None else None
     if out is not None:
         prepare_out(out, overwrite)
@@ -744,6 +752,7 @@ def evaluate(
         precision=precision,
         antithetic=antithetic,
         variance_smoothing=variance_smoothing,
+        passes=fast_plan,
     )
 
     # --- score every test image ----------------------------------------------------------
@@ -795,6 +804,7 @@ def evaluate(
         "sampler_seed": run.seed,
         "tta": tta,
         "antithetic": antithetic,
+        "passes": list(run.passes) if "fast" in samplers else None,
         "variance_smoothing": variance_smoothing,
         "device": str(model.device),
         "precision": precision,

@@ -211,6 +211,13 @@ class EvaluationReport:
             if st.get("antithetic")
             else ""
         )
+        plan = st.get("passes") or []
+        passes = (
+            f" Fast sampler in {len(plan)} passes of {'+'.join(map(str, plan))} steps, each"
+            " restarting from the previous sample noised back to t_max."
+            if len(plan) > 1
+            else ""
+        )
         smoothing = st.get("variance_smoothing")
         pooled = (
             f" std: square root of the sample variance pooled over a Gaussian of sigma "
@@ -229,7 +236,8 @@ class EvaluationReport:
             "",
             f"Scores after the CSBDeep fair comparison (target percentiles 0.1/99.9, "
             f"least-squares scale and offset). cvdm: {st.get('samples')} fast samples x "
-            f"{st.get('steps')} steps{reference}{seeds}.{tta}{antithetic}{pooled}{precision} "
+            f"{st.get('steps')} steps{reference}{seeds}.{tta}{antithetic}{passes}{pooled}"
+            f"{precision} "
             "'calib.': "
             "what a "
             "calibrated sampler would reach with that many samples (Spearman: leave-one-out, "

@@ -52,6 +52,7 @@ from cvdm_cli.normalize import (
     denormalize_variance,
     percentile_normalize,
 )
+from cvdm_cli.passes import resolve_passes
 from cvdm_cli.sampler import SAMPLERS, auto_batch_size, count_steps
 from cvdm_cli.tiff import OutputTiff, TiffInput, open_tiff, output_spec, with_samples_axis
 from cvdm_cli.tiled import TILINGS, plan_for, reconstruct_plane
@@ -116,6 +117,8 @@ class EnhanceSettings:
         resolved from "auto" for the device). spread: "var" or "std" output.
     variance_smoothing: Gaussian sigma (output pixels) over which the sample variance is
         pooled before it is written (:mod:`cvdm_cli.variance`); 0 writes it per pixel.
+    passes: the fast sampler's steps split into passes that restart from t_max: a count
+        or the steps per pass, "2,2,16" (``passes.resolve_passes``); None: one pass.
     write_mean: False for ``cvdm uncertainty`` (only the uncertainty outputs).
     threshold: std in input units; the fraction of pixels above it is reported.
     """
@@ -131,6 +134,7 @@ class EnhanceSettings:
     seed: int = 0
     tta: bool = TTA_DEFAULT
     antithetic: bool = False
+    passes: str | None = None
     variance_smoothing: float = DEFAULT_VARIANCE_SMOOTHING
     eta: float | None = None
     axes: str | None = None
@@ -164,6 +168,7 @@ class EnhanceSettings:
             raise bad("--steps", f"must be >= 1, got {self.steps}", "e.g. --steps 20")
         if self.sampler not in SAMPLERS:
             raise bad("--sampler", f"unknown sampler {self.sampler!r}", "use fast or reference")
+        resolve_passes(self.sampler, self.steps, self.passes)
         if self.tiling not in TILINGS:
             raise bad("--tiling", f"unknown tiling {self.tiling!r}", "use sync or independent")
         if self.overlap < 0:
@@ -660,6 +665,7 @@ def _sample_with_fallback(
                 seed=current.seed,
                 tta=current.tta,
                 antithetic=current.antithetic,
+                passes=current.passes,
                 plane_index=index,
                 batch_size=current.batch_size,
                 precision=current.precision,

@@ -34,6 +34,7 @@ from torch import Tensor
 from cvdm_cli import views
 from cvdm_cli.errors import ConfigError
 from cvdm_cli.model import CVDM
+from cvdm_cli.passes import PassesSpec
 from cvdm_cli.sampler import (
     DEFAULT_FAST_ETA,
     NoiseSource,
@@ -42,9 +43,10 @@ from cvdm_cli.sampler import (
     autocast_context,
     count_steps,
     make_eps_fn,
-    make_schedule,
+    make_schedules,
     noise_mate,
-    run_steps,
+    resolve_passes,
+    run_passes,
     sample_view,
 )
 from cvdm_cli.tiling import TilePlan, plan_tiles, tile_seed, tile_weights, weight_sum
@@ -195,6 +197,7 @@ def reconstruct_plane(
     return_samples: bool = False,
     tta: bool = False,
     antithetic: bool = False,
+    passes: PassesSpec = None,
 ) -> PlaneReconstruction:
     """Sample one normalised plane (h, w) in tiles; outputs on the (scale*h, scale*w) grid.
 
@@ -203,7 +206,8 @@ def reconstruct_plane(
     total)`` in tile-sample passes. ``tta``: sample k is drawn from view k % 8 of the plane
     (:mod:`cvdm_cli.views`) and mapped back; the noise of sample k does not depend on it.
     ``antithetic``: sample 2j + 1 draws the negated noise of sample 2j, in the same view
-    (:func:`cvdm_cli.sampler.noise_mate`).
+    (:func:`cvdm_cli.sampler.noise_mate`). ``passes``: restarts from t_max
+    (:func:`cvdm_cli.sampler.run_passes`; None: one pass).
     """
     if tiling not in TILINGS:
         raise ConfigError(
@@ -229,10 +233,13 @@ def reconstruct_plane(
     bs = batch_size or auto_batch_size(th * tw, model.device)
     eta_value = (DEFAULT_FAST_ETA if sampler == "fast" else 1.0) if eta is None else eta
     n_steps = count_steps(sampler, steps, model.config.timesteps)
+    plan = tuple(resolve_passes(sampler, steps, passes))
     shape_of_sample = [views.view_shape(lowres.shape, view(k)) for k in range(samples)]
     passes_per_step = sum(len(plans[shape].tiles) for shape in shape_of_sample)
     progress = _Progress(callback, passes_per_step * n_steps)
-    spec = _Spec(sampler, steps, seed, plane_index, bs, precision, eta_value, clip, antithetic)
+    spec = _Spec(
+        sampler, steps, seed, plane_index, bs, precision, eta_value, clip, antithetic, plan
+    )
     run = _sample_sync if tiling == "sync" else _sample_independent
 
     stats = _Welford()
@@ -282,6 +289,7 @@ class _Spec:
     eta: float
     clip: float | None
     antithetic: bool = False
+    plan: tuple[int, ...] = ()  # steps per pass (``passes.resolve_passes``)
 
     def noise(self, draws: list[tuple[int, int]]) -> NoiseSource:
         """Noise for (key, sample) draws: key -1 for a whole plane, a tile's key for a tile;
@@ -325,13 +333,13 @@ def _sample_sync(
     """MultiDiffusion: one latent per sample on the padded plane; returns (K, Hp, Wp).
 
     Sample ks[i] is drawn from the view in slot slots[i] of ``tiles``."""
-    sampler, steps = spec.sampler, spec.steps
+    sampler = spec.sampler
     batch, precision, eta, clip = spec.batch, spec.precision, spec.eta, spec.clip
     device = model.device
     plan = tiles.plan
     lam_plane = _per_sample(tiles, tiles.lam, slots)  # (K or 1, 1, Hp, Wp)
     x_plane = _per_sample(tiles, tiles.x, slots)
-    schedule = make_schedule(model, lam_plane, sampler, steps)
+    schedules = make_schedules(model, lam_plane, sampler, spec.plan)
     noise = spec.noise([(-1 & 0xFFFFFFFF, k) for k in ks])
     items = list(range(len(ks)))
     shape = (1, *plan.padded_out_shape)
@@ -361,8 +369,8 @@ def _sample_sync(
         return acc / tiles.wsum
 
     z = noise.draw(items, shape, device)
-    r = run_steps(
-        eps_fn, schedule, z, eta=eta, noise=lambda: noise.draw(items, shape, device), clip=clip
+    r = run_passes(
+        eps_fn, schedules, z, eta=eta, noise=lambda: noise.draw(items, shape, device), clip=clip
     )
     return (x_plane + r)[:, 0]
 
@@ -378,7 +386,7 @@ def _sample_independent(
     """Each (tile, sample) on its own trajectory, blended per sample: (K, Hp, Wp).
 
     Sample ks[i] is drawn from the view in slot slots[i] of ``tiles``."""
-    sampler, steps, seed, plane_index = spec.sampler, spec.steps, spec.seed, spec.plane_index
+    sampler, seed, plane_index = spec.sampler, spec.seed, spec.plane_index
     batch, precision, eta, clip = spec.batch, spec.precision, spec.eta, spec.clip
     device = model.device
     plan = tiles.plan
@@ -392,11 +400,11 @@ def _sample_independent(
             [slots[items[j][0]] * tiles.n_tiles + items[j][1] for j in chunk], device=device
         )
         x_b, lam_b = tiles.x[rows], tiles.lam[rows]
-        schedule = make_schedule(model, lam_b, sampler, steps)
+        schedules = make_schedules(model, lam_b, sampler, spec.plan)
         z = noise.draw(chunk, shape, device)
-        r = run_steps(
+        r = run_passes(
             make_eps_fn(model, x_b, precision),
-            schedule,
+            schedules,
             z,
             eta=eta,
             noise=lambda c=chunk: noise.draw(c, shape, device),

@@ -248,7 +248,7 @@ TtaOpt = Annotated[
     typer.Option(
         "--tta/--no-tta",
         help="Draw sample k from flip/rotation k % 8 of the input and map it back (test-time "
-        "augmentation: the same number of denoiser passes; see docs/sampling.md).",
+        "augmentation: the same number of denoiser calls; see docs/sampling.md).",
     ),
 ]
 AntitheticOpt = Annotated[
@@ -256,7 +256,17 @@ AntitheticOpt = Annotated[
     typer.Option(
         "--antithetic/--no-antithetic",
         help="Draw samples in antithetic pairs: sample 2j+1 uses the negated noise of sample "
-        "2j, in the same view (a closer mean for the same passes; docs/sampling.md).",
+        "2j, in the same view (a closer mean for the same denoiser calls; docs/sampling.md).",
+    ),
+]
+PassesOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--passes",
+        help="Split the fast sampler's --steps into passes, each restarting from the last "
+        "one's sample noised back to t = 1: a count (3) or the steps of each pass (2,2,16), "
+        "adding up to --steps; the same denoiser calls (default: one pass; docs/sampling.md).",
+        show_default=False,
     ),
 ]
 VarianceSmoothingOpt = Annotated[

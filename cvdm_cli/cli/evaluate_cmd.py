@@ -14,6 +14,7 @@ from rich.table import Table
 
 from cvdm_cli.cli.common import (
     AntitheticOpt,
+    PassesOpt,
     PrecisionChoice,
     PrecisionOpt,
     ThreadsOpt,
@@ -85,6 +86,7 @@ def evaluate(
         help="Draw sample k from flip/rotation k % 8 of the input, as cvdm enhance does.",
     ),
     antithetic: AntitheticOpt = False,
+    passes: PassesOpt = None,
     variance_smoothing: VarianceSmoothingOpt = DEFAULT_VARIANCE_SMOOTHING,
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
     precision: PrecisionOpt = PrecisionChoice.auto,
@@ -129,6 +131,7 @@ def evaluate(
                 sampler_seed=sampler_seed,
                 tta=tta,
                 antithetic=antithetic,
+                passes=passes,
                 variance_smoothing=variance_smoothing,
                 device=str(dev),
                 precision=precision_used,
