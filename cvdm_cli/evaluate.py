@@ -442,7 +442,7 @@ class _Run:
     precision: str
     antithetic: bool = False
     variance_smoothing: float = DEFAULT_VARIANCE_SMOOTHING
-    passes: tuple[int, ...] = ()  # fast sampler's steps per pass; () = one pass
+    passes: tuple[int, ...] | None = None  # fast sampler's steps per pass; None: one pass
 
     def calls(self, with_reference: bool) -> int:
         """Denoiser passes (image-samples x steps) for one image."""
@@ -489,7 +489,7 @@ def _sample(
         return_samples=True,
         tta=run.tta,
         antithetic=run.antithetic,
-        passes=list(run.passes) if sampler == "fast" and run.passes else None,
+        passes=run.passes if sampler == "fast" else None,
         precision=run.precision,
     )
     seconds = time.perf_counter() - t0
@@ -804,7 +804,7 @@ def evaluate(
         "sampler_seed": run.seed,
         "tta": tta,
         "antithetic": antithetic,
-        "passes": list(run.passes) if "fast" in samplers else None,
+        "passes": list(run.passes) if run.passes and "fast" in samplers else None,
         "variance_smoothing": variance_smoothing,
         "device": str(model.device),
         "precision": precision,

@@ -237,9 +237,7 @@ def reconstruct_plane(
     shape_of_sample = [views.view_shape(lowres.shape, view(k)) for k in range(samples)]
     passes_per_step = sum(len(plans[shape].tiles) for shape in shape_of_sample)
     progress = _Progress(callback, passes_per_step * n_steps)
-    spec = _Spec(
-        sampler, steps, seed, plane_index, bs, precision, eta_value, clip, antithetic, plan
-    )
+    spec = _Spec(sampler, seed, plane_index, bs, precision, eta_value, clip, antithetic, plan)
     run = _sample_sync if tiling == "sync" else _sample_independent
 
     stats = _Welford()
@@ -281,7 +279,6 @@ class _Spec:
     """Sampling settings shared by both tiling modes."""
 
     sampler: str
-    steps: int
     seed: int
     plane_index: int
     batch: int
