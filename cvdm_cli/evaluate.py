@@ -442,7 +442,7 @@ class _Run:
     precision: str
     antithetic: bool = False
     variance_smoothing: float = DEFAULT_VARIANCE_SMOOTHING
-    passes: tuple[int, ...] | None = None  # fast sampler's steps per pass; None: one pass
+    passes: tuple[int, ...] | None = None  # fast sampler's steps per pass; None: the default
 
     def calls(self, with_reference: bool) -> int:
         """Denoiser passes (image-samples x steps) for one image."""
@@ -656,7 +656,7 @@ def evaluate(
         antithetic: draw the samples in antithetic pairs, as ``cvdm enhance --antithetic``
             (:func:`cvdm_cli.sampler.noise_mate`).
         passes: split the fast sampler's steps into passes that restart from t_max, as
-            ``cvdm enhance --passes`` (a count or the steps per pass; None: one pass).
+            ``cvdm enhance --passes`` (a count or the steps per pass; None: passes of 2 steps).
         tta: draw sample k from view k % 8 of the input (flips and quarter turns,
             :mod:`cvdm_cli.views`), as ``cvdm enhance`` does by default.
         variance_smoothing: Gaussian sigma (output pixels) over which the sample variance

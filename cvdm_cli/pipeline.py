@@ -118,7 +118,7 @@ class EnhanceSettings:
     variance_smoothing: Gaussian sigma (output pixels) over which the sample variance is
         pooled before it is written (:mod:`cvdm_cli.variance`); 0 writes it per pixel.
     passes: the fast sampler's steps split into passes that restart from t_max: a count
-        or the steps per pass, "2,2,16" (``passes.resolve_passes``); None: one pass.
+        or the steps per pass, "2,2,16" (``passes.resolve_passes``); None: passes of 2 steps.
     write_mean: False for ``cvdm uncertainty`` (only the uncertainty outputs).
     threshold: std in input units; the fraction of pixels above it is reported.
     """

@@ -15,9 +15,10 @@ With eta = 1 this is exactly the ancestral DDPM posterior q(z_t | z_s, x0_hat).
 - ``fast`` (default): ``steps`` calls on the continuous gamma(t, x), t uniform from 1 - 1/T
   to 0, with ``eta`` (default 1: ancestral, chosen by measurement, docs/sampling.md).
 
-Passes (fast sampler, ``passes``; one by default): the ``steps`` calls can be split into
-passes. The learned schedule does not reach zero signal: gamma(t_max, x) is about 0.04 for
-the trained models (the prior and boundary terms of the loss weigh it only weakly), so in
+Passes (fast sampler, ``passes``; by default passes of 2 steps, cvdm_cli/passes.py): the
+``steps`` calls are split into passes. The learned schedule does not reach zero signal:
+gamma(t_max, x) is about 0.04 for the trained models (the prior and boundary terms of the
+loss weigh it only weakly), so in
 training z_T still holds sqrt(0.04) = 0.2 of the residual r, while a sampler that starts
 from N(0, 1) offers none, and the model reads the start noise as signal (a sample's mean
 level follows its start noise's mean, correlation ~0.6 on held-out pairs). After each pass
@@ -360,7 +361,7 @@ def reconstruct(
     2j + 1 draws the negated noise of sample 2j, in the same view (:func:`noise_mate`).
     ``passes``: split the steps into passes, each restarting from the last one's sample
     noised back to t_max (:func:`run_passes`; a count or the steps per pass,
-    :func:`cvdm_cli.passes.resolve_passes`; None: one pass); the same denoiser calls.
+    :func:`cvdm_cli.passes.resolve_passes`; None: passes of 2 steps); the same denoiser calls.
     """
     if samples < 1:
         raise ConfigError(f"samples must be >= 1, got {samples}")

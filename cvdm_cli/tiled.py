@@ -207,7 +207,7 @@ def reconstruct_plane(
     (:mod:`cvdm_cli.views`) and mapped back; the noise of sample k does not depend on it.
     ``antithetic``: sample 2j + 1 draws the negated noise of sample 2j, in the same view
     (:func:`cvdm_cli.sampler.noise_mate`). ``passes``: restarts from t_max
-    (:func:`cvdm_cli.sampler.run_passes`; None: one pass).
+    (:func:`cvdm_cli.sampler.run_passes`; None: passes of 2 steps).
     """
     if tiling not in TILINGS:
         raise ConfigError(

@@ -24,7 +24,10 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 @pytest.mark.parametrize(
     "sampler,steps,passes,plan",
     [
-        ("fast", 20, None, [20]),
+        ("fast", 20, None, [2] * 10),  # the default: passes of 2 steps
+        ("fast", 5, None, [3, 2]),
+        ("fast", 3, None, [3]),
+        ("fast", 1, None, [1]),
         ("fast", 20, 1, [20]),
         ("fast", 20, 3, [7, 7, 6]),
         ("fast", 20, "5", [4, 4, 4, 4, 4]),
@@ -148,9 +151,10 @@ def test_reconstruct_with_passes_same_calls_seeded_and_batch_invariant(tiny_mode
 
     a, b = run("2,4"), run("2,4", batch_size=1)
     np.testing.assert_allclose(a.samples, b.samples, rtol=1e-5, atol=1e-6)
-    one = run(None)
+    one = run(1)  # the paper's single pass
     assert not np.allclose(a.samples, one.samples)
-    np.testing.assert_array_equal(run(1).samples, one.samples)  # 1 pass = the plain sampler
+    np.testing.assert_array_equal(run(None).samples, run("2,2,2").samples)  # the default
+    np.testing.assert_array_equal(run([6]).samples, one.samples)
     done = []
     reconstruct(
         tiny_model, lr, samples=2, steps=6, passes=3, callback=lambda d, t: done.append((d, t))

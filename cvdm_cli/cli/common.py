@@ -265,7 +265,8 @@ PassesOpt = Annotated[
         "--passes",
         help="Split the fast sampler's --steps into passes, each restarting from the last "
         "one's sample noised back to t = 1: a count (3) or the steps of each pass (2,2,16), "
-        "adding up to --steps; the same denoiser calls (default: one pass; docs/sampling.md).",
+        "adding up to --steps; the same denoiser calls. Default: passes of 2 steps (10 for "
+        "20 steps); 1 is the paper's single pass (docs/sampling.md).",
         show_default=False,
     ),
 ]
