@@ -39,6 +39,7 @@ def main() -> None:
     ap.add_argument("--hr", type=Path, required=True)
     ap.add_argument("--pairs", required=True, help="comma-separated stems, e.g. pair_00020")
     ap.add_argument("--samples", type=int, default=32)
+    ap.add_argument("--passes", help="as cvdm enhance --passes (default: passes of 2 steps)")
     ap.add_argument("--groups", type=int, default=4)
     ap.add_argument("--seed", type=int, default=5)
     ap.add_argument("--precision", default="fp32")
@@ -57,6 +58,7 @@ def main() -> None:
             generator=torch.Generator().manual_seed(args.seed),
             tta=True,
             precision=args.precision,
+            passes=args.passes,
             return_samples=True,
         )
         samples = denormalize(rec.samples, norm).astype(np.float64)

@@ -135,6 +135,7 @@ def main() -> None:
     ap.add_argument("--hr", type=Path, required=True)
     ap.add_argument("--report", type=Path, required=True, help="a cvdm evaluate report folder")
     ap.add_argument("--samples", type=int, default=8)
+    ap.add_argument("--passes", help="as cvdm enhance --passes (default: passes of 2 steps)")
     ap.add_argument("--top", type=int, default=4)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--antithetic", action="store_true")
@@ -177,6 +178,7 @@ def main() -> None:
             tta=args.tta or not args.antithetic,
             antithetic=args.antithetic and not separate,
             precision=args.precision,
+            passes=args.passes,
             return_samples=True,
         )
         samples = rec.samples
@@ -192,6 +194,7 @@ def main() -> None:
                 generator=torch.Generator().manual_seed(args.seed + index + 10_000 * j),
                 tta=True,
                 precision=args.precision,
+                passes=args.passes,
                 return_samples=True,
             ).samples
             other = (denormalize(other, norm_e) - norm.center) / norm.half_range

@@ -233,14 +233,15 @@ def bench_quality(model: CVDM, data: Path, images: int, samples: int) -> dict:
     for i, pair in enumerate(test):
         target = pair.y.numpy()[0]
         results["bicubic"].append(psnr(pair.x.numpy()[0], target))
-        runs = (
-            ("fast", 10, None),
-            ("fast", 20, None),
-            ("fast", 50, None),
-            ("fast", 20, 0.0),
-            ("reference", 0, None),
+        runs = (  # (sampler, steps, eta, passes); None: the defaults
+            ("fast", 10, None, None),
+            ("fast", 20, None, None),
+            ("fast", 50, None, None),
+            ("fast", 20, 0.0, None),
+            ("fast", 20, None, 1),  # one pass from pure noise, the default before passes
+            ("reference", 0, None, None),
         )
-        for sampler, steps, eta in runs:
+        for sampler, steps, eta, passes in runs:
             rec = reconstruct(
                 model,
                 pair.lowres[0].numpy(),
@@ -248,13 +249,15 @@ def bench_quality(model: CVDM, data: Path, images: int, samples: int) -> dict:
                 steps=max(steps, 1),
                 sampler=sampler,
                 eta=eta,
+                passes=passes,
                 generator=torch.Generator().manual_seed(i),
             )
             key = f"{sampler}{steps or ''}" + ("" if eta is None else f"_eta{eta:g}")
+            key += "" if passes is None else "_1pass"
             results.setdefault(key, []).append(psnr(rec.mean, target))
     summary = {k: float(np.mean(v)) for k, v in results.items()}
     summary["images"] = len(test)
-    for k in ("fast10", "fast20", "fast50", "fast20_eta0"):
+    for k in ("fast10", "fast20", "fast50", "fast20_eta0", "fast20_1pass"):
         summary[f"gap_{k}_vs_reference_db"] = summary["reference"] - summary[k]
     print(
         json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in summary.items()}),

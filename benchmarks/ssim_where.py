@@ -91,6 +91,7 @@ def main() -> None:
             samples=args.samples,
             generator=torch.Generator().manual_seed(int(settings["sampler_seed"]) + index),
             tta=bool(settings["tta"]),
+            passes=settings.get("passes") or 1,  # reports before passes: one
             precision=args.precision,
             return_samples=True,
         )

@@ -42,6 +42,7 @@ def main() -> None:
     ap.add_argument("--val-fraction", type=float, default=0.25)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--samples", type=int, default=8)
+    ap.add_argument("--passes", help="as cvdm enhance --passes (default: passes of 2 steps)")
     ap.add_argument("--sigmas", default="0,0.5,1,1.5,2,3,4")
     ap.add_argument("--antithetic", action="store_true")
     ap.add_argument("--no-tta", action="store_true")
@@ -68,6 +69,7 @@ def main() -> None:
                 tta=not args.no_tta,
                 antithetic=args.antithetic,
                 precision=args.precision,
+                passes=args.passes,
                 return_samples=True,
             )
             s = denormalize(rec.samples, norm).astype(np.float64)
