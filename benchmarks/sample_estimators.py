@@ -143,7 +143,7 @@ def main() -> None:
     ap.add_argument(
         "--shared-views",
         action="store_true",
-        help="with --antithetic --tta: mates share a view (sample k in view k // 2 % 8)",
+        help="with --antithetic --tta: mates share a view (sample k in view k // 2 %% 8)",
     )
     ap.add_argument("--precision", default="fp32")
     ap.add_argument(
