@@ -62,6 +62,7 @@ from cvdm_cli.evaluate_report import (
     write_reports,
 )
 from cvdm_cli.normalize import NormParams, denormalize, percentile_normalize
+from cvdm_cli.passes import resolve_passes  # torch-free, like the imports above
 from cvdm_cli.variance import (
     DEFAULT_VARIANCE_SMOOTHING,
     check_variance_smoothing,
@@ -679,8 +680,6 @@ def evaluate(
     if (limit is not None and limit < 1) or (rl_iterations is not None and rl_iterations < 1):
         raise ConfigError("limit and rl_iterations must be >= 1")
     check_variance_smoothing(variance_smoothing)
-    from cvdm_cli.passes import resolve_passes
-
     fast_plan = tuple(resolve_passes("fast", steps, passes))
     out = Path(out_dir) if out_dir is not None else None
     if out is not None:

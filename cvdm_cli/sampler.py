@@ -481,7 +481,6 @@ __all__ = [
     "make_schedule",
     "make_schedules",
     "reconstruct",
-    "resolve_passes",
     "run_passes",
     "run_steps",
     "schedule_map",

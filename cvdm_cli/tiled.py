@@ -34,7 +34,7 @@ from torch import Tensor
 from cvdm_cli import views
 from cvdm_cli.errors import ConfigError
 from cvdm_cli.model import CVDM
-from cvdm_cli.passes import PassesSpec
+from cvdm_cli.passes import PassesSpec, resolve_passes
 from cvdm_cli.sampler import (
     DEFAULT_FAST_ETA,
     NoiseSource,
@@ -45,7 +45,6 @@ from cvdm_cli.sampler import (
     make_eps_fn,
     make_schedules,
     noise_mate,
-    resolve_passes,
     run_passes,
     sample_view,
 )
