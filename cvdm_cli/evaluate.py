@@ -441,9 +441,9 @@ class _Run:
     seed: int
     tta: bool
     precision: str
+    passes: tuple[int, ...]  # the fast sampler's steps per pass (resolve_passes)
     antithetic: bool = False
     variance_smoothing: float = DEFAULT_VARIANCE_SMOOTHING
-    passes: tuple[int, ...] | None = None  # fast sampler's steps per pass; None: the default
 
     def calls(self, with_reference: bool) -> int:
         """Denoiser passes (image-samples x steps) for one image."""
@@ -803,7 +803,7 @@ def evaluate(
         "sampler_seed": run.seed,
         "tta": tta,
         "antithetic": antithetic,
-        "passes": list(run.passes) if run.passes and "fast" in samplers else None,
+        "passes": list(run.passes) if "fast" in samplers else None,
         "variance_smoothing": variance_smoothing,
         "device": str(model.device),
         "precision": precision,
