@@ -1,10 +1,12 @@
-"""Fast-sampler time grids: uniform t (as shipped) against power spacing near the clean end.
+"""Fast-sampler time grids in one pass: uniform t against power spacing near the clean end.
 
-The fast sampler walks t_i = t_max (1 - i/n), i = 0..n. This script re-runs it with
-t_i = t_max (1 - i/n)^rho (rho > 1: more of the n steps near t = 0, where the fine detail
-is decided) and with other step counts, and scores the sample mean and the std map the
-way `cvdm evaluate` does (CSBDeep fair comparison, Spearman of std and error). Same noise
-seeds for every grid, so the rows differ only by the grid.
+The fast sampler walks t_i = t_max (1 - i/n)^rho, i = 0..n (rho = `FAST_GRID_POWER`, 1:
+uniform, as shipped). This script re-runs one pass of it with other rho (rho > 1: more of
+the n steps near t = 0, where the fine detail is decided) and step counts, and scores the
+sample mean and the std map the way `cvdm evaluate` does (CSBDeep fair comparison,
+Spearman of std and error). Same noise seeds for every grid, so the rows differ only by
+the grid. `benchmarks/sampler_passes.py --grid-powers` does the same for passes of a few
+steps.
 
     python benchmarks/sampler_grid.py --model cvdm_cli/models/cvdm-small-v1.safetensors \\
         --lr sim_eval/lr --hr sim_eval/hr --pairs pair_00001,pair_00009 --grids 1:20,2:20,1:50
@@ -24,18 +26,6 @@ from cvdm_cli import sampler as smp
 from cvdm_cli.evaluate import find_pairs, read_plane, score_samples
 from cvdm_cli.normalize import denormalize, percentile_normalize
 from cvdm_cli.weights import load_weights
-
-
-def power_grid(rho: float):
-    """FastSchedule.__init__ replacement with t_i = t_max (1 - i/n)^rho."""
-    original = smp.FastSchedule.__init__
-
-    def init(self, model, lam, steps):  # same signature as FastSchedule.__init__
-        original(self, model, lam, steps)
-        t_max = self.times[0]
-        self.times = [t_max * (1.0 - i / steps) ** rho for i in range(steps + 1)]
-
-    return original, init
 
 
 def main() -> None:
@@ -59,22 +49,18 @@ def main() -> None:
     data = [(s, read_plane(pairs[s].lr), read_plane(pairs[s].hr)) for s in stems]
     for spec in args.grids.split(","):
         rho, steps = float(spec.split(":")[0]), int(spec.split(":")[1])
-        original, patched = power_grid(rho)
-        smp.FastSchedule.__init__ = patched
-        try:
-            scores = []
-            for index, (stem, lr, hr) in enumerate(data):
-                x_norm, norm = percentile_normalize(lr, cfg.norm_low, cfg.norm_high)
-                rec = smp.reconstruct(
-                    model, x_norm, samples=args.samples, steps=steps, sampler="fast",
-                    generator=torch.Generator().manual_seed(args.seed + index),
-                    return_samples=True, passes=1,  # one pass: the grid is the point
-                )  # fmt: skip
-                samples = denormalize(rec.samples, norm).astype(np.float64)
-                row, _, _ = score_samples(stem, "fast", samples, hr)  # as cvdm evaluate
-                scores.append((row["psnr"], row["ssim"], row["spearman"]))
-        finally:
-            smp.FastSchedule.__init__ = original
+        smp.FAST_GRID_POWER = rho  # read by each FastSchedule
+        scores = []
+        for index, (stem, lr, hr) in enumerate(data):
+            x_norm, norm = percentile_normalize(lr, cfg.norm_low, cfg.norm_high)
+            rec = smp.reconstruct(
+                model, x_norm, samples=args.samples, steps=steps, sampler="fast",
+                generator=torch.Generator().manual_seed(args.seed + index),
+                return_samples=True, passes=1,  # one pass: the grid is the point
+            )  # fmt: skip
+            samples = denormalize(rec.samples, norm).astype(np.float64)
+            row, _, _ = score_samples(stem, "fast", samples, hr)  # as cvdm evaluate
+            scores.append((row["psnr"], row["ssim"], row["spearman"]))
         a = np.array(scores)
         print(
             json.dumps(

@@ -1,13 +1,16 @@
 """Fast-sampler pass plans (`--passes`): the same denoiser calls in one or more passes.
 
 Each plan runs `reconstruct(..., passes=plan)` with TTA, as `cvdm enhance` does, on the
-given pairs with the same noise seeds for every plan, and scores the sample mean and std
-the way `cvdm evaluate` does (CSBDeep fair comparison; Spearman of the pooled std and the
-error; coverage of the central 50 / 90 % sample intervals). Choose a plan on pairs that
-the evaluation leaves out (its validation split, `validation_stems` in report.json):
+given pairs with the same noise seeds for every plan (and, with `--grid-powers`, for every
+time grid t_i = t_max (1 - i/n)^power within a pass; default: the sampler's), and scores
+the sample mean and std the way `cvdm evaluate` does (CSBDeep fair comparison; Spearman of
+the pooled std and the error; coverage of the central 50 / 90 % sample intervals). Choose
+a plan on pairs that the evaluation leaves out (its validation split, `validation_stems`
+in report.json):
 
     python benchmarks/sampler_passes.py --model cvdm_cli/models/cvdm-small-v1.safetensors \\
         --lr sim_eval/lr --hr sim_eval/hr --report report/ --plans "1;1,1,18;4,4,12;5"
+    python benchmarks/sampler_passes.py ... --report report/ --plans 10 --grid-powers 1,2,3
 
 Prints one line per pair and plan, then one JSON line per plan (means over the pairs).
 """
@@ -38,6 +41,11 @@ def main() -> None:
     group.add_argument("--pairs", default="", help="comma-separated stems (default: all)")
     group.add_argument("--report", help="a cvdm evaluate report folder: its validation pairs")
     ap.add_argument("--plans", default="1;1,1,18;2,2,16;4,4,12;5;10", help="';'-separated")
+    ap.add_argument(
+        "--grid-powers",
+        default=str(smp.FAST_GRID_POWER),
+        help="comma-separated powers of the time grid within a pass (1: uniform)",
+    )
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--samples", type=int, default=8)
     ap.add_argument("--seed", type=int, default=1000, help="pair i uses seed + i")
@@ -54,17 +62,19 @@ def main() -> None:
         stems = report["settings"]["validation_stems"]
     else:
         stems = args.pairs.split(",") if args.pairs else sorted(pairs)
-    plans = args.plans.split(";")
+    powers = [float(p) for p in args.grid_powers.split(",")]
+    plans = [f"{plan}@{power:g}" for plan in args.plans.split(";") for power in powers]
     scores: dict[str, list[dict[str, float]]] = {plan: [] for plan in plans}
     for index, stem in enumerate(stems):
         lr, hr = read_plane(pairs[stem].lr), read_plane(pairs[stem].hr)
         x_norm, norm = percentile_normalize(lr, cfg.norm_low, cfg.norm_high)
         line = []
         for plan in plans:
+            smp.FAST_GRID_POWER = float(plan.split("@")[1])  # read by each FastSchedule
             rec = smp.reconstruct(
                 model, x_norm, samples=args.samples, steps=args.steps, sampler="fast",
                 generator=torch.Generator().manual_seed(args.seed + index), tta=True,
-                passes=plan, return_samples=True,
+                passes=plan.split("@")[0], return_samples=True,
             )  # fmt: skip
             samples = denormalize(rec.samples, norm).astype(np.float64)
             row, _, _ = score_samples(stem, "fast", samples, hr)  # as cvdm evaluate
@@ -73,7 +83,8 @@ def main() -> None:
         print(f"{stem}  " + " | ".join(line), flush=True)
     for plan in plans:
         means = {k: round(float(np.nanmean([s[k] for s in scores[plan]])), 4) for k in KEYS}
-        print(json.dumps({"plan": plan, "pairs": len(stems), **means}), flush=True)
+        steps, power = plan.split("@")
+        print(json.dumps({"plan": steps, "grid_power": float(power), "pairs": len(stems), **means}))
 
 
 if __name__ == "__main__":

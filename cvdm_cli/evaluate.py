@@ -804,6 +804,7 @@ def evaluate(
         "tta": tta,
         "antithetic": antithetic,
         "passes": list(run.passes) if "fast" in samplers else None,
+        "grid_power": _fast_grid_power() if "fast" in samplers else None,
         "variance_smoothing": variance_smoothing,
         "device": str(model.device),
         "precision": precision,
@@ -827,6 +828,13 @@ def evaluate(
     if out is not None:
         write_reports(report, out)
     return report
+
+
+def _fast_grid_power() -> float:
+    """The fast sampler's time-grid power (read at run time: benchmarks may set it)."""
+    from cvdm_cli import sampler
+
+    return float(sampler.FAST_GRID_POWER)
 
 
 def _model_description(spec: Any, model: CVDM) -> dict[str, Any]:

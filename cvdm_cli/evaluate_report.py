@@ -218,6 +218,10 @@ class EvaluationReport:
             if len(plan) > 1
             else ""
         )
+        power = st.get("grid_power")
+        if power is not None:  # absent from older reports (uniform then)
+            grid = "uniform in t" if power == 1 else f"t_i = t_max (1 - i/n)^{power:g}"
+            passes += f" Fast time grid within a pass: {grid}."
         smoothing = st.get("variance_smoothing")
         pooled = (
             f" std: square root of the sample variance pooled over a Gaussian of sigma "

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from cvdm_cli import baselines, metrics
 from cvdm_cli.errors import ConfigError, DataError, OutputExistsError
+from cvdm_cli.sampler import FAST_GRID_POWER
 from cvdm_cli.variance import DEFAULT_VARIANCE_SMOOTHING
 
 
@@ -198,6 +199,10 @@ def test_evaluate_end_to_end_numbers_and_files(tmp_path: Path, model_path: Path)
     assert report.rl_tuning is not None and report.rl_tuning["stems"] == val
     assert report.settings["rl_iterations"] in (2, 5)
     assert report.settings["psf_source"].startswith("gaussian")
+    assert report.settings["passes"] == [3]  # 3 steps: one pass (cvdm_cli/passes.py)
+    assert report.settings["grid_power"] == FAST_GRID_POWER == 1.0
+    report_md = (tmp_path / "report" / "report.md").read_text()
+    assert "time grid within a pass: uniform in t" in report_md
 
     # every number is the fair score of what the method produced, recomputed here
     model = load_weights(model_path)

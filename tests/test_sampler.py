@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from cvdm_cli import reconstruct, schedule_map
-from cvdm_cli.sampler import ReferenceSchedule
+from cvdm_cli.diffusion import gamma_map
+from cvdm_cli.sampler import FAST_GRID_POWER, FastSchedule, ReferenceSchedule
 
 
 def _counting_hooks(model):
@@ -100,10 +101,28 @@ def test_reference_schedule_matches_cumprod(tiny_model):
     torch.testing.assert_close(sched.gamma(0), expected[T - 1], rtol=1e-4, atol=1e-9)
 
 
+def test_fast_grid_times_and_maps(tiny_model):
+    T = tiny_model.config.timesteps
+    t_max = 1 - 1 / T
+    lam = torch.rand(1, 1, 4, 4) * 2
+    assert FAST_GRID_POWER == 1.0
+    squared = FastSchedule(tiny_model, lam, 2, power=2.0)  # middle step at t_max / 4
+    assert squared.times == pytest.approx([t_max, t_max / 4, 0.0])
+    uniform = FastSchedule(tiny_model, lam, 4)  # the default
+    assert uniform.times == pytest.approx([t_max, 0.75 * t_max, 0.5 * t_max, 0.25 * t_max, 0])
+    # each step's map is gamma(t_i, x), rising towards the clean end
+    expected = gamma_map(tiny_model, lam, torch.tensor([t_max / 4]))
+    torch.testing.assert_close(squared.gamma(1), expected)
+    assert bool((squared.gamma(2) >= squared.gamma(1)).all())
+    assert bool((squared.gamma(1) >= squared.gamma(0)).all())
+
+
 def test_bad_arguments(tiny_model):
     from cvdm_cli.errors import ConfigError
 
     with pytest.raises(ConfigError):
         reconstruct(tiny_model, np.zeros((4, 4), np.float32), sampler="euler")
+    with pytest.raises(ConfigError):
+        FastSchedule(tiny_model, torch.ones(1, 1, 4, 4), 2, power=0.0)
     with pytest.raises(ConfigError):
         reconstruct(tiny_model, np.zeros((2, 4, 4), np.float32))
