@@ -63,28 +63,33 @@ def main() -> None:
     else:
         stems = args.pairs.split(",") if args.pairs else sorted(pairs)
     powers = [float(p) for p in args.grid_powers.split(",")]
-    plans = [f"{plan}@{power:g}" for plan in args.plans.split(";") for power in powers]
-    scores: dict[str, list[dict[str, float]]] = {plan: [] for plan in plans}
+    runs = [(plan, power) for plan in args.plans.split(";") for power in powers]
+    scores: dict[tuple[str, float], list[dict[str, float]]] = {run: [] for run in runs}
     for index, stem in enumerate(stems):
         lr, hr = read_plane(pairs[stem].lr), read_plane(pairs[stem].hr)
         x_norm, norm = percentile_normalize(lr, cfg.norm_low, cfg.norm_high)
         line = []
-        for plan in plans:
-            smp.FAST_GRID_POWER = float(plan.split("@")[1])  # read by each FastSchedule
+        for plan, power in runs:
+            smp.FAST_GRID_POWER = power  # read by each FastSchedule
             rec = smp.reconstruct(
                 model, x_norm, samples=args.samples, steps=args.steps, sampler="fast",
                 generator=torch.Generator().manual_seed(args.seed + index), tta=True,
-                passes=plan.split("@")[0], return_samples=True,
+                passes=plan, return_samples=True,
             )  # fmt: skip
             samples = denormalize(rec.samples, norm).astype(np.float64)
             row, _, _ = score_samples(stem, "fast", samples, hr)  # as cvdm evaluate
-            scores[plan].append({k: float(row[k]) for k in KEYS})
-            line.append(f"{plan}: {row['ssim']:.3f} / {row['psnr']:.2f} dB / {row['spearman']:.2f}")
+            scores[plan, power].append({k: float(row[k]) for k in KEYS})
+            label = f"{plan}@{power:g}"
+            line.append(
+                f"{label}: {row['ssim']:.3f} / {row['psnr']:.2f} dB / {row['spearman']:.2f}"
+            )
         print(f"{stem}  " + " | ".join(line), flush=True)
-    for plan in plans:
-        means = {k: round(float(np.nanmean([s[k] for s in scores[plan]])), 4) for k in KEYS}
-        steps, power = plan.split("@")
-        print(json.dumps({"plan": steps, "grid_power": float(power), "pairs": len(stems), **means}))
+    for (plan, power), rows in scores.items():
+        means = {k: round(float(np.nanmean([s[k] for s in rows])), 4) for k in KEYS}
+        print(
+            json.dumps({"plan": plan, "grid_power": power, "pairs": len(stems), **means}),
+            flush=True,
+        )
 
 
 if __name__ == "__main__":
