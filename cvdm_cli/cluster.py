@@ -587,6 +587,7 @@ def prepare_workers(
     model_path: str,
     *,
     name: str = "",
+    sha256: str = "",
     device: str = "auto",
     precision: str = "auto",
     tile: int | None = None,
@@ -612,7 +613,7 @@ def prepare_workers(
     future.release()
     if isinstance(value, _ErrorValue):
         raise value.rebuild()
-    ref = ModelRef(path=model_path, device=value["device"], name=name)
+    ref = ModelRef(path=model_path, device=value["device"], name=name, sha256=sha256)
     info = client.scheduler_info().get("workers", {})
     host_threads: dict[str, int] = {}
     for w in info.values():
@@ -796,7 +797,9 @@ class _Run:
                 plan = plan_for(self.net, inp.plane_shape, settings.tile, settings.overlap)
                 result.tiles = len(plan.tiles)
                 pipeline.prepare_output_dir(job.out_dir)
-                writers = pipeline._open_outputs(stack, inp, outputs, settings, self.scale)
+                writers = pipeline._open_outputs(
+                    stack, inp, outputs, settings, self.scale, self.ref
+                )
                 n = inp.n_planes
         except Exception as exc:
             stack.close()

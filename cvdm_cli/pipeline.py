@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fnmatch
+import json
 import math
 import os
 import threading
@@ -44,6 +45,7 @@ import numpy as np
 import torch
 
 from cvdm_cli import errors
+from cvdm_cli._version import __version__
 from cvdm_cli.model import CVDM
 from cvdm_cli.normalize import (
     NormParams,
@@ -53,7 +55,7 @@ from cvdm_cli.normalize import (
     percentile_normalize,
 )
 from cvdm_cli.passes import resolve_passes
-from cvdm_cli.sampler import SAMPLERS, auto_batch_size, count_steps
+from cvdm_cli.sampler import DEFAULT_FAST_ETA, SAMPLERS, auto_batch_size, count_steps
 from cvdm_cli.tiff import OutputTiff, TiffInput, open_tiff, output_spec, with_samples_axis
 from cvdm_cli.tiled import TILINGS, plan_for, reconstruct_plane
 from cvdm_cli.variance import (
@@ -198,11 +200,13 @@ class ModelRef:
     path: a local .safetensors file (resolved from a registry name / hf:// spec first).
     device: a torch device string ("cpu", "cuda", "cuda:1", "mps").
     name: how reports name the model (registry name, file stem or hf:// spec).
+    sha256: the file's sha256 when known (resolved models), recorded in the outputs.
     """
 
     path: str
     device: str = "cpu"
     name: str = ""
+    sha256: str = ""
 
 
 _MODEL_CACHE: dict[tuple[str, int, int, str], CVDM] = {}
@@ -821,12 +825,55 @@ def _skip_or_refuse(job: FileJob, outputs: dict[str, Path], settings: EnhanceSet
     )
 
 
+# what each output holds, for the provenance record
+_OUTPUT_MEANINGS = {
+    "mean": "reconstruction: mean of the samples, input intensity units",
+    "var": "variance of the samples, squared input intensity units",
+    "std": "standard deviation of the samples, input intensity units",
+    "difficulty": "learned schedule lambda(x), unitless",
+    "samples": "the samples, input intensity units",
+}
+
+
+def provenance(kind: str, input_name: str, settings: EnhanceSettings, model_ref: ModelRef) -> str:
+    """JSON text saying how an output file was made, written into it (ImageJ "Info" /
+    OME Description): cvdm version, what the file holds, the input's file name, the model
+    and every sampling setting. No time stamp or path, so reruns give identical files."""
+    eta = settings.eta
+    if eta is None:
+        eta = DEFAULT_FAST_ETA if settings.sampler == "fast" else 1.0
+    record: dict[str, Any] = {
+        "software": f"cvdm {__version__}",
+        "output": _OUTPUT_MEANINGS[kind],
+        "input": input_name,
+        "model": {"name": model_ref.name or Path(model_ref.path).stem, "sha256": model_ref.sha256},
+        "sampler": {
+            "name": settings.sampler,
+            "samples": settings.samples,
+            "steps": settings.steps,
+            "passes": resolve_passes(settings.sampler, settings.steps, settings.passes),
+            "eta": eta,
+            "tta": settings.tta,
+            "antithetic": settings.antithetic,
+            "seed": settings.seed,
+            "precision": settings.precision,
+            "tile": settings.tile,
+            "overlap": settings.overlap,
+            "tiling": settings.tiling,
+        },
+    }
+    if kind in ("var", "std"):
+        record["variance_smoothing_px"] = settings.variance_smoothing
+    return json.dumps(record, indent=1)
+
+
 def _open_outputs(
     stack: contextlib.ExitStack,
     inp: TiffInput,
     outputs: dict[str, Path],
     settings: EnhanceSettings,
     scale: int,
+    model_ref: ModelRef,
 ) -> dict[str, OutputTiff]:
     shape, axes, px = output_spec(inp, scale)
     writers: dict[str, OutputTiff] = {}
@@ -836,6 +883,7 @@ def _open_outputs(
             "unit": inp.unit,
             "overwrite": settings.overwrite,
             "z_spacing": inp.z_spacing,
+            "description": provenance(kind, inp.path.name, settings, model_ref),
         }
         if kind == "samples":
             s_shape, s_axes, letter = with_samples_axis(shape, axes, settings.samples)
@@ -954,7 +1002,7 @@ def _write_planes(
     try:
         with contextlib.ExitStack() as stack:
             prepare_output_dir(job.out_dir)
-            writers = _open_outputs(stack, inp, outputs, settings, scale)
+            writers = _open_outputs(stack, inp, outputs, settings, scale, model_ref)
             for i in range(n):
                 if pending is not None:
                     t = time.perf_counter()

@@ -859,6 +859,8 @@ class OutputTiff:
         z_spacing: Z step in ``unit`` (kept from the input), or None.
         bigtiff_threshold: bytes past which OME BigTIFF is used (tests lower it).
         fsync: flush to disk before the rename (so a power cut cannot leave a torn file).
+        description: free text about how the file was made (cvdm writes JSON): the ImageJ
+            "Info" property (Fiji: Image > Show Info) or the OME Image Description.
 
     Planes are written in C order over the non-YX axes by :meth:`write_plane` (or at an
     explicit index). ``commit()`` (run by a clean ``with`` exit) renames the temporary file
@@ -879,8 +881,10 @@ class OutputTiff:
         z_spacing: float | None = None,
         bigtiff_threshold: int = BIGTIFF_THRESHOLD,
         fsync: bool = True,
+        description: str | None = None,
     ) -> None:
         self.final_path = Path(final_path)
+        self.description = description
         self.shape = tuple(int(n) for n in shape)
         self.axes = str(axes).upper()
         self.pixel_size = (
@@ -955,6 +959,8 @@ class OutputTiff:
                     f"sample {int(v[k]) + 1}/{self.shape[k]}"
                     for v in np.ndindex(*self.plane_index_shape)
                 ]
+            if self.description is not None:
+                md["Info"] = self.description
             kw["metadata"] = md
         else:
             md = {"axes": self.axes, "Name": self.final_path.name}
@@ -981,6 +987,8 @@ class OutputTiff:
                     kw["resolutionunit"] = "NONE"
             if self.extra_axis == "Q":
                 md["TypeDescription"] = {"Q": "cvdm samples"}
+            if self.description is not None:
+                md["Description"] = self.description
             kw["metadata"] = md
         return kw
 

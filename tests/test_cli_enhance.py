@@ -137,6 +137,32 @@ def test_extra_outputs(tmp_path, tiny_weights):
     assert lam.shape == (2, 24, 20) and (lam >= 0).all()  # lambda = softplus(...) >= 0
 
 
+def test_outputs_record_how_they_were_made(tmp_path, tiny_weights):
+    import hashlib
+
+    src = write(tmp_path / "s.tif", (2, 12, 10), "ZYX")
+    args = ("--std", "--difficulty", "--save-samples", "--seed", "5", "--passes", "1,1")
+    r = cvdm("enhance", src, "-m", tiny_weights, *FAST, *args, "-q")
+    assert r.code == 0, r.err
+    sha = hashlib.sha256(Path(tiny_weights).read_bytes()).hexdigest()
+    for name, what in (
+        ("s_cvdm.tif", "reconstruction"),
+        ("s_cvdm_std.tif", "standard deviation"),
+        ("s_cvdm_difficulty.tif", "lambda"),
+        ("s_cvdm_samples.tif", "the samples"),
+    ):
+        record = json.loads(read(tmp_path / name)[3]["Info"])
+        assert record["software"].startswith("cvdm ") and what in record["output"]
+        assert record["input"] == "s.tif"
+        assert record["model"] == {"name": "tiny", "sha256": sha}
+        sampler = record["sampler"]
+        assert (sampler["name"], sampler["samples"], sampler["steps"]) == ("fast", 2, 2)
+        assert (sampler["passes"], sampler["seed"], sampler["eta"]) == ([1, 1], 5, 1.0)
+        assert sampler["tta"] is True and sampler["antithetic"] is False
+        smoothing = record.get("variance_smoothing_px")
+        assert smoothing == (DEFAULT_VARIANCE_SMOOTHING if "std" in name else None)
+
+
 # --- folders, skipping, overwrite -------------------------------------------------------
 
 

@@ -312,6 +312,25 @@ def test_write_imagej_round_trip(tmp_path, axes):
         assert inp.unit == "µm"
 
 
+@pytest.mark.parametrize(("axes", "kind"), [("ZYX", "imagej"), ("CZYX", "ome")])
+def test_write_description_in_both_layouts(tmp_path, axes, kind):
+    text = '{"software": "cvdm", "note": "a <b> & \\"c\\""}\nsecond line'
+    sizes = {"Z": 2, "C": 2, "Y": 6, "X": 8}
+    shape = tuple(sizes[a] for a in axes)
+    path = tmp_path / "out.tif"
+    with OutputTiff(
+        path, shape=shape, axes=axes, pixel_size=None, unit=None, description=text
+    ) as out:
+        assert out.layout.kind == kind
+        _write_all(out, make_data(shape, "float32"))
+    with tifffile.TiffFile(path) as tif:
+        if kind == "imagej":  # the ImageJ "Info" property (Fiji: Image > Show Info)
+            assert tif.imagej_metadata["Info"] == text
+        else:  # OME Image/Description, XML-escaped by tifffile
+            image = tifffile.xml2dict(tif.ome_metadata)["OME"]["Image"]
+            assert image["Description"] == text
+
+
 @pytest.mark.parametrize("axes", ["ZTYX", "CZYX"])
 def test_write_non_imagej_order_is_ome(tmp_path, axes):
     sizes = {"T": 2, "Z": 3, "C": 2, "Y": 10, "X": 14}

@@ -320,7 +320,12 @@ def _run(
         output_dir=output,
     )
     resolved = _resolve_model(model, cache_dir, quiet or json_out)
-    ref = pipeline.ModelRef(path=str(resolved.path), device=str(torch_device), name=resolved.name)
+    ref = pipeline.ModelRef(
+        path=str(resolved.path),
+        device=str(torch_device),
+        name=resolved.name,
+        sha256=resolved.sha256 or "",
+    )
     net = pipeline.get_model(ref)
     if tile is None:
         tile_used: int | None = pipeline.default_tile(net, torch_device, items=min(samples, 8))
@@ -401,6 +406,7 @@ def _run_cluster(
             conn.client,
             str(resolved.path),
             name=resolved.name,
+            sha256=resolved.sha256 or "",
             device=device,
             precision=precision.value,
             tile=tile,
