@@ -851,7 +851,10 @@ def provenance(kind: str, input_name: str, settings: EnhanceSettings, model_ref:
             "name": settings.sampler,
             "samples": settings.samples,
             "steps": settings.steps,
-            "passes": resolve_passes(settings.sampler, settings.steps, settings.passes),
+            # the steps of each pass, as --passes takes them
+            "passes": ",".join(
+                str(n) for n in resolve_passes(settings.sampler, settings.steps, settings.passes)
+            ),
             "eta": eta,
             "tta": settings.tta,
             "antithetic": settings.antithetic,

@@ -157,7 +157,7 @@ def test_outputs_record_how_they_were_made(tmp_path, tiny_weights):
         assert record["model"] == {"name": "tiny", "sha256": sha}
         sampler = record["sampler"]
         assert (sampler["name"], sampler["samples"], sampler["steps"]) == ("fast", 2, 2)
-        assert (sampler["passes"], sampler["seed"], sampler["eta"]) == ([1, 1], 5, 1.0)
+        assert (sampler["passes"], sampler["seed"], sampler["eta"]) == ("1,1", 5, 1.0)
         assert sampler["tta"] is True and sampler["antithetic"] is False
         smoothing = record.get("variance_smoothing_px")
         assert smoothing == (DEFAULT_VARIANCE_SMOOTHING if "std" in name else None)
