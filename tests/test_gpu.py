@@ -40,9 +40,9 @@ def assert_fp32_match(cpu, gpu, shape: tuple[int, int]) -> None:
 @pytest.fixture(scope="module")
 def shipped():
     from cvdm_cli import load_weights
-    from cvdm_cli.registry import PACKAGE_DIR
+    from cvdm_cli.registry import resolve_model
 
-    return load_weights(PACKAGE_DIR / "models" / "cvdm-small-v1.safetensors")
+    return load_weights(resolve_model(None).path)  # the default model shipped in the package
 
 
 @pytest.fixture(scope="module")

@@ -411,7 +411,7 @@ def test_env_hf_hub_offline(hub_env, published):
 def test_non_editable_install_finds_registry_and_packaged_model(tmp_path):
     """Build and install the package into a fresh venv; it must find weights.toml and the
     packaged default model inside its own site-packages (not in this checkout)."""
-    model = registry.PACKAGE_DIR / "models" / "cvdm-small-v1.safetensors"
+    model = registry.PACKAGE_DIR / "models" / "cvdm-small-v2.safetensors"
     if not model.is_file():
         pytest.skip(f"{model} not trained yet (the lead adds it, then runs update-sha)")
     src = tmp_path / "src"  # a copy: building in the checkout would write build/ into it
@@ -459,7 +459,7 @@ def test_non_editable_install_finds_registry_and_packaged_model(tmp_path):
     got = json.loads(out.stdout)
     assert Path(got["pkg"]).is_relative_to(site), got
     assert Path(got["toml"]).is_file() and Path(got["toml"]).is_relative_to(site)
-    assert got["name"] == "cvdm-small-v1" and got["verified"]
+    assert got["name"] == "cvdm-small-v2" and got["verified"]
     assert Path(got["path"]).is_relative_to(site)
 
     listed = subprocess.run(
@@ -467,4 +467,4 @@ def test_non_editable_install_finds_registry_and_packaged_model(tmp_path):
         capture_output=True, text=True, timeout=120, check=False,
     )  # fmt: skip
     assert listed.returncode == 0, listed.stderr
-    assert [m["name"] for m in json.loads(listed.stdout) if m["default"]] == ["cvdm-small-v1"]
+    assert [m["name"] for m in json.loads(listed.stdout) if m["default"]] == ["cvdm-small-v2"]
