@@ -55,7 +55,7 @@ from cvdm_cli.normalize import (
     percentile_normalize,
 )
 from cvdm_cli.passes import resolve_passes
-from cvdm_cli.sampler import DEFAULT_FAST_ETA, SAMPLERS, auto_batch_size, count_steps
+from cvdm_cli.sampler import SAMPLERS, auto_batch_size, count_steps, resolve_eta
 from cvdm_cli.tiff import OutputTiff, TiffInput, open_tiff, output_spec, with_samples_axis
 from cvdm_cli.tiled import TILINGS, plan_for, reconstruct_plane
 from cvdm_cli.variance import (
@@ -839,9 +839,6 @@ def provenance(kind: str, input_name: str, settings: EnhanceSettings, model_ref:
     """JSON text saying how an output file was made, written into it (ImageJ "Info" /
     OME Description): cvdm version, what the file holds, the input's file name, the model
     and every sampling setting. No time stamp or path, so reruns give identical files."""
-    eta = settings.eta
-    if eta is None:
-        eta = DEFAULT_FAST_ETA if settings.sampler == "fast" else 1.0
     record: dict[str, Any] = {
         "software": f"cvdm {__version__}",
         "output": _OUTPUT_MEANINGS[kind],
@@ -855,7 +852,7 @@ def provenance(kind: str, input_name: str, settings: EnhanceSettings, model_ref:
             "passes": ",".join(
                 str(n) for n in resolve_passes(settings.sampler, settings.steps, settings.passes)
             ),
-            "eta": eta,
+            "eta": resolve_eta(settings.sampler, settings.eta),
             "tta": settings.tta,
             "antithetic": settings.antithetic,
             "seed": settings.seed,

@@ -57,6 +57,16 @@ SAMPLERS = ("fast", "reference")
 # held-out ones (docs/sampling.md, "Time grid"), so the grid stays uniform.
 FAST_GRID_POWER = 1.0
 DEFAULT_FAST_ETA = 1.0  # ancestral; measured better than DDIM (eta 0), docs/sampling.md
+
+
+def resolve_eta(sampler: str, eta: float | None) -> float:
+    """The eta a sampler runs with: ``eta`` if given, else DEFAULT_FAST_ETA for the fast
+    sampler and 1 (ancestral, the paper's) for the reference one."""
+    if eta is not None:
+        return eta
+    return DEFAULT_FAST_ETA if sampler == "fast" else 1.0
+
+
 ProgressCallback = Callable[[int, int], None]  # (done, total) in denoiser item-passes
 
 
@@ -400,7 +410,7 @@ def reconstruct(
     plan = resolve_passes(sampler, steps, passes)
     n_steps = count_steps(sampler, steps, model.config.timesteps)
     total, done = len(items) * n_steps, 0
-    eta_value = (DEFAULT_FAST_ETA if sampler == "fast" else 1.0) if eta is None else eta
+    eta_value = resolve_eta(sampler, eta)
 
     count = np.zeros(n_img, dtype=np.int64)
     mean = torch.zeros((n_img, 1, h, w), device=device)

@@ -36,7 +36,6 @@ from cvdm_cli.errors import ConfigError
 from cvdm_cli.model import CVDM
 from cvdm_cli.passes import PassesSpec, resolve_passes
 from cvdm_cli.sampler import (
-    DEFAULT_FAST_ETA,
     NoiseSource,
     ProgressCallback,
     auto_batch_size,
@@ -45,6 +44,7 @@ from cvdm_cli.sampler import (
     make_eps_fn,
     make_schedules,
     noise_mate,
+    resolve_eta,
     run_passes,
     sample_view,
 )
@@ -230,7 +230,7 @@ def reconstruct_plane(
     plan0 = plans[lowres.shape]
     th, tw = plan0.tile_shape
     bs = batch_size or auto_batch_size(th * tw, model.device)
-    eta_value = (DEFAULT_FAST_ETA if sampler == "fast" else 1.0) if eta is None else eta
+    eta_value = resolve_eta(sampler, eta)
     n_steps = count_steps(sampler, steps, model.config.timesteps)
     plan = tuple(resolve_passes(sampler, steps, passes))
     shape_of_sample = [views.view_shape(lowres.shape, view(k)) for k in range(samples)]
