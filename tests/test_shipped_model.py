@@ -8,12 +8,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import cvdm, json_lines
 
 from cvdm_cli import registry
 from cvdm_cli.baselines import bicubic_upsample
 from cvdm_cli.metrics import fair_scores, spearman
 from cvdm_cli.tiff import read_single_plane
-from tests.conftest import cvdm, json_lines
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "examples" / "widefield.tif"
