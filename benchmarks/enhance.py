@@ -1,7 +1,7 @@
 """Enhance benchmark: where the time goes, throughput and peak memory of `cvdm enhance`.
 
 For each model preset and each case (one large plane; a stack of planes) a synthetic
-uint16 TIFF is written and processed by the real pipeline (``pipeline.run_batch``: read
+uint16 TIFF is written and processed by the real pipeline (``run_batch``: read
 ahead in a thread, percentile normalisation, tiled sampling, denormalisation, atomic
 plane-by-plane writes), in a fresh subprocess per run so that its peak RSS (ru_maxrss) is
 its own. The model has random-init weights of the preset's architecture: the arithmetic
@@ -95,7 +95,12 @@ def _child(args: argparse.Namespace) -> dict:
     """One (preset, case) run in this process; prints its JSON record."""
     import torch
 
-    from cvdm_cli import CVDM, ModelConfig, pipeline, save_weights
+    from cvdm_cli import CVDM, ModelConfig, save_weights
+    from cvdm_cli.core.devices import default_tile
+    from cvdm_cli.run.batch import run_batch
+    from cvdm_cli.run.inputs import discover_inputs
+    from cvdm_cli.run.models import get_model
+    from cvdm_cli.run.settings import EnhanceSettings, ModelRef
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -106,15 +111,15 @@ def _child(args: argparse.Namespace) -> dict:
     weights = save_weights(
         CVDM(ModelConfig.preset(args.preset)), work / f"{args.preset}.safetensors"
     )
-    ref = pipeline.ModelRef(str(weights), args.device, args.preset)
-    model = pipeline.get_model(ref)
+    ref = ModelRef(str(weights), args.device, args.preset)
+    model = get_model(ref)
     timers = {
         name: _Timed(getattr(model, name), model.device) for name in ("condition", "lam", "eps")
     }
     for name, timer in timers.items():
         setattr(model, name, timer)  # instance attributes shadow the methods
-    tile = args.tile if args.tile is not None else pipeline.default_tile(model, model.device)
-    settings = pipeline.EnhanceSettings(
+    tile = args.tile if args.tile is not None else default_tile(model, model.device)
+    settings = EnhanceSettings(
         samples=args.samples,
         steps=args.steps,
         tile=tile or None,
@@ -123,10 +128,10 @@ def _child(args: argparse.Namespace) -> dict:
         precision=args.precision,
         tta=args.tta,
     )
-    jobs = pipeline.discover_inputs([src], output_dir=work / "out")
+    jobs = discover_inputs([src], output_dir=work / "out")
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     t0 = time.perf_counter()
-    batch = pipeline.run_batch(jobs, settings, ref)
+    batch = run_batch(jobs, settings, ref)
     wall = time.perf_counter() - t0
     res = batch.files[0]
     if res.status != "done":
@@ -188,7 +193,7 @@ def main() -> None:
     p.add_argument("--stack-side", type=int, default=64, help="side of each stack plane")
     p.add_argument("--samples", type=int, default=2)
     p.add_argument("--steps", type=int, default=2)
-    p.add_argument("--tile", type=int, default=None, help="default: pipeline.default_tile")
+    p.add_argument("--tile", type=int, default=None, help="default: default_tile")
     p.add_argument("--overlap", type=int, default=32)
     p.add_argument("--tiling", default="sync")
     p.add_argument(

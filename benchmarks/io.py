@@ -68,9 +68,9 @@ def _generate(path: Path, nbytes: float, plane: int) -> dict:
 
 def _process(src: Path, dst: Path, tile: int, overlap: int) -> dict:
     """The plane-by-plane pipeline; returns timings and peak RSS of this process."""
-    from cvdm_cli.normalize import denormalize, percentile_normalize
-    from cvdm_cli.tiff import OutputTiff, open_tiff, output_spec
-    from cvdm_cli.tiling import Stitcher, plan_tiles
+    from cvdm_cli.core.normalize import denormalize, percentile_normalize
+    from cvdm_cli.core.tiling import Stitcher, plan_tiles
+    from cvdm_cli.io.tiff import OutputTiff, open_tiff, output_spec
 
     rss_start = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     t_read = t_compute = t_write = 0.0

@@ -16,14 +16,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import cvdm_cli.sampler as smp
 import numpy as np
 import torch
 
-from cvdm_cli import metrics
-from cvdm_cli import sampler as smp
-from cvdm_cli.evaluate import read_plane
-from cvdm_cli.normalize import denormalize, percentile_normalize
-from cvdm_cli.weights import load_weights
+from cvdm_cli.core import metrics
+from cvdm_cli.core.normalize import denormalize, percentile_normalize
+from cvdm_cli.evaluation.evaluate import read_plane
+from cvdm_cli.io.weights import load_weights
 
 
 def group_ssims(samples: np.ndarray, hr: np.ndarray, k: int, groups: int) -> list[float]:

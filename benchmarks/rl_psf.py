@@ -23,9 +23,10 @@ from pathlib import Path
 
 import numpy as np
 
-from cvdm_cli import baselines, metrics
-from cvdm_cli.evaluate import load_params
-from cvdm_cli.tiff import read_single_plane
+from cvdm_cli.core import metrics
+from cvdm_cli.evaluation import baselines
+from cvdm_cli.evaluation.evaluate import load_params
+from cvdm_cli.io.tiff import read_single_plane
 
 
 def main() -> None:
@@ -45,7 +46,7 @@ def main() -> None:
     val = sorted(p.stem for p in args.lr.glob("*.tif") if p.stem not in rows)
 
     def in_focus(entry, pixel_nm: float) -> np.ndarray:
-        from cvdm_cli import simulation
+        from cvdm_cli.training import simulation
 
         return simulation.widefield_psf_2d(simulation.SimulationParams.from_dict(entry), pixel_nm)
 

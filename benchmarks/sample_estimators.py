@@ -38,14 +38,15 @@ from scipy.ndimage import gaussian_filter, uniform_filter
 from skimage.metrics import structural_similarity
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import cvdm_cli.sampler as smp
 from ssim_where import structure_mask  # the background of benchmarks/ssim_where.py
 
-from cvdm_cli import metrics, views
-from cvdm_cli import sampler as smp
-from cvdm_cli.evaluate import read_plane
-from cvdm_cli.normalize import NormParams, denormalize, percentile_normalize
-from cvdm_cli.variance import pool_variance
-from cvdm_cli.weights import load_weights
+from cvdm_cli.core import metrics
+from cvdm_cli.core.normalize import NormParams, denormalize, percentile_normalize
+from cvdm_cli.core.variance import pool_variance
+from cvdm_cli.evaluation.evaluate import read_plane
+from cvdm_cli.io.weights import load_weights
+from cvdm_cli.sampling import views
 
 
 class SeparateViewAntithetic(smp.NoiseSource):

@@ -28,8 +28,8 @@ import numpy as np
 import torch
 
 from cvdm_cli import CVDM, ModelConfig, load_weights, reconstruct
-from cvdm_cli.devices import cpu_has_native_bf16
-from cvdm_cli.sampler import count_steps
+from cvdm_cli.core.devices import cpu_has_native_bf16
+from cvdm_cli.sampling.schedules import count_steps
 
 # Dense bf16 tensor-core peaks (FLOP/s) of common accelerators, from vendor datasheets.
 PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "A10": 125e12}
@@ -188,11 +188,11 @@ def bench_samplers(
 
 def quick_trained_model(minutes: float, data: Path | None) -> tuple[CVDM, Path]:
     """Train the tiny preset for a few minutes on simulated pairs (or ``data``)."""
-    from cvdm_cli.trainer import PairedData, TrainConfig, train
+    from cvdm_cli.training.trainer import PairedData, TrainConfig, train
 
     tmp = Path(tempfile.mkdtemp(prefix="cvdm-bench-"))
     if data is None:
-        from cvdm_cli.simulation import simulate_dataset
+        from cvdm_cli.training.simulation import simulate_dataset
 
         data = tmp / "sim"
         simulate_dataset(data, 48, seed=4242, size=128)
@@ -223,7 +223,7 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def bench_quality(model: CVDM, data: Path, images: int, samples: int) -> dict:
-    from cvdm_cli.trainer import PairedData
+    from cvdm_cli.training.trainer import PairedData
 
     pairs = PairedData.from_folders(
         data / "lr", data / "hr", config=model.config, patch=16, val_fraction=0.5

@@ -19,13 +19,13 @@ from __future__ import annotations
 import argparse
 import json
 
+import cvdm_cli.sampler as smp
 import numpy as np
 import torch
 
-from cvdm_cli import sampler as smp
-from cvdm_cli.evaluate import find_pairs, read_plane, score_samples
-from cvdm_cli.normalize import denormalize, percentile_normalize
-from cvdm_cli.weights import load_weights
+from cvdm_cli.core.normalize import denormalize, percentile_normalize
+from cvdm_cli.evaluation.evaluate import find_pairs, read_plane, score_samples
+from cvdm_cli.io.weights import load_weights
 
 
 def main() -> None:

@@ -3,7 +3,7 @@
 A synthetic uint16 stack (``--planes`` planes of ``--side`` x ``--side`` input pixels) is
 processed by
 
-- ``one process``: the single-process pipeline (``pipeline.run_batch``, no Dask);
+- ``one process``: the single-process pipeline (``run_batch``, no Dask);
 - ``N workers``: a local Dask cluster of N single-threaded worker processes
   (``cluster.connect(ClusterOptions(workers=N))``, as ``cvdm enhance --workers N``);
 - ``K GPUs`` (when CUDA is available): one pinned worker per GPU (as ``--gpus``).
@@ -91,7 +91,8 @@ def _distributed(
     settings,
     reference: dict[str, np.ndarray],
 ) -> dict:
-    from cvdm_cli import cluster, pipeline
+    from cvdm_cli.run import cluster
+    from cvdm_cli.run.inputs import discover_inputs
 
     t0 = time.perf_counter()
     with cluster.connect(options) as conn:
@@ -107,7 +108,7 @@ def _distributed(
         )
         threads = conn.client.run(lambda: __import__("torch").get_num_threads())
         startup = time.perf_counter() - t0
-        jobs = pipeline.discover_inputs([job_input], output_dir=out)
+        jobs = discover_inputs([job_input], output_dir=out)
         batch = cluster.run_batch_distributed(jobs, settings, ref, conn.client)
     assert not batch.failed, batch.failed[0].error
     got = _arrays(out)
@@ -131,7 +132,12 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from cvdm_cli import CVDM, ModelConfig, cluster, pipeline, save_weights
+    from cvdm_cli import CVDM, ModelConfig, save_weights
+    from cvdm_cli.run import cluster
+    from cvdm_cli.run.batch import run_batch
+    from cvdm_cli.run.inputs import discover_inputs
+    from cvdm_cli.run.models import get_model
+    from cvdm_cli.run.settings import EnhanceSettings, ModelRef
 
     counts = [int(c) for c in args.workers.split(",") if c.strip()]
     n_gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
@@ -147,14 +153,14 @@ def main(argv: list[str] | None = None) -> int:
         tile = args.tile or None
         for device in ["cpu"] + (["cuda"] if n_gpus and not args.no_gpus else []):
             precision = "fp32" if device == "cpu" else "bf16"
-            settings = pipeline.EnhanceSettings(
+            settings = EnhanceSettings(
                 samples=args.samples, steps=args.steps, tile=tile, precision=precision
             )
-            ref = pipeline.ModelRef(str(weights), device, "bench")
-            pipeline.get_model(ref)  # loaded before timing, like the workers' plugin
+            ref = ModelRef(str(weights), device, "bench")
+            get_model(ref)  # loaded before timing, like the workers' plugin
             one = root / f"one-{device}"
-            jobs = pipeline.discover_inputs([src], output_dir=one)
-            batch = pipeline.run_batch(jobs, settings, ref)
+            jobs = discover_inputs([src], output_dir=one)
+            batch = run_batch(jobs, settings, ref)
             assert not batch.failed, batch.failed[0].error
             reference = _arrays(one)
             rows.append(

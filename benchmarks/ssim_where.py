@@ -26,16 +26,17 @@ import csv
 import json
 from pathlib import Path
 
+import cvdm_cli.sampler as smp
 import numpy as np
 import torch
 from scipy.ndimage import maximum_filter
 from skimage.metrics import structural_similarity
 
-from cvdm_cli import baselines, metrics
-from cvdm_cli import sampler as smp
-from cvdm_cli.evaluate import _PSFs, load_params, read_plane
-from cvdm_cli.normalize import denormalize, percentile_normalize
-from cvdm_cli.weights import load_weights
+from cvdm_cli.core import metrics
+from cvdm_cli.core.normalize import denormalize, percentile_normalize
+from cvdm_cli.evaluation import baselines
+from cvdm_cli.evaluation.evaluate import _PSFs, load_params, read_plane
+from cvdm_cli.io.weights import load_weights
 
 STRUCTURE_LEVEL = 0.1  # fair-normalised target units (0 / 1 = its 0.1 / 99.9 percentiles)
 WINDOW = 7  # skimage's default SSIM window, also the structure neighbourhood

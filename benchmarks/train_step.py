@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from sampler import denoiser_flops, gpu_peak
 
 from cvdm_cli import ModelConfig
-from cvdm_cli.trainer import TrainConfig, new_state, resolve_precision, train_step
+from cvdm_cli.training.trainer import TrainConfig, new_state, resolve_precision, train_step
 
 
 def bench(

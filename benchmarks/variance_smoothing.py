@@ -3,7 +3,7 @@
 Draws K fast samples per pair once (as `cvdm evaluate`: TTA on, test pair i with seed
 --seed + i; validation pair j with --seed + 1000 + j), then scores Spearman(std, |error|),
 its calibrated value and the AUSE for each Gaussian sigma (output pixels) of
-`cvdm_cli.variance.pool_variance` (0 = the per-pixel sample std), separately on the
+`cvdm_cli.core.variance.pool_variance` (0 = the per-pixel sample std), separately on the
 validation pairs (the split `cvdm evaluate --val-fraction F --seed S` holds out to tune
 Richardson-Lucy, where a sigma may be chosen) and on the scored ones. The mean and the
 coverages do not depend on sigma; the script prints the mean SSIM / PSNR once as a check
@@ -24,14 +24,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import cvdm_cli.sampler as smp
 import numpy as np
 import torch
 
-from cvdm_cli import metrics
-from cvdm_cli import sampler as smp
-from cvdm_cli.evaluate import _split, find_pairs, read_plane
-from cvdm_cli.normalize import denormalize, percentile_normalize
-from cvdm_cli.weights import load_weights
+from cvdm_cli.core import metrics
+from cvdm_cli.core.normalize import denormalize, percentile_normalize
+from cvdm_cli.evaluation.evaluate import _split, find_pairs, read_plane
+from cvdm_cli.io.weights import load_weights
 
 
 def main() -> None:

@@ -11,16 +11,19 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from cvdm_cli import _moved
 from cvdm_cli._version import __version__
+
+_moved.install()  # old module paths (cvdm_cli.sampler, ...) keep working for one release
 
 # public name -> module that defines it
 _LAZY = {
-    "ModelConfig": "cvdm_cli.config",
-    "CVDM": "cvdm_cli.model",
-    "save_weights": "cvdm_cli.weights",
-    "load_weights": "cvdm_cli.weights",
-    "reconstruct": "cvdm_cli.sampler",
-    "schedule_map": "cvdm_cli.sampler",
+    "ModelConfig": "cvdm_cli.core.config",
+    "CVDM": "cvdm_cli.core.model",
+    "save_weights": "cvdm_cli.io.weights",
+    "load_weights": "cvdm_cli.io.weights",
+    "reconstruct": "cvdm_cli.sampling.api",
+    "schedule_map": "cvdm_cli.sampling.api",
 }
 
 __all__ = [
@@ -34,10 +37,10 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:  # pragma: no cover
-    from cvdm_cli.config import ModelConfig
-    from cvdm_cli.model import CVDM
-    from cvdm_cli.sampler import reconstruct, schedule_map
-    from cvdm_cli.weights import load_weights, save_weights
+    from cvdm_cli.core.config import ModelConfig
+    from cvdm_cli.core.model import CVDM
+    from cvdm_cli.io.weights import load_weights, save_weights
+    from cvdm_cli.sampling.api import reconstruct, schedule_map
 
 
 def __getattr__(name: str) -> Any:

@@ -13,8 +13,8 @@ import torch
 from conftest import cvdm
 
 from cvdm_cli import reconstruct
-from cvdm_cli.sampler import NoiseSource, noise_mate, sample_view
-from cvdm_cli.tiled import reconstruct_plane
+from cvdm_cli.sampling.noise import NoiseSource, noise_mate, sample_view
+from cvdm_cli.sampling.plane import reconstruct_plane
 
 
 def test_mates_and_views():

@@ -18,8 +18,8 @@ import torch
 from conftest import cvdm, default_sigint, json_lines
 from scipy.ndimage import gaussian_filter
 
-from cvdm_cli.devices import pick_precision
-from cvdm_cli.variance import DEFAULT_VARIANCE_SMOOTHING
+from cvdm_cli.core.devices import pick_precision
+from cvdm_cli.core.variance import DEFAULT_VARIANCE_SMOOTHING
 
 FAST = ["--samples", "2", "--steps", "2"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "CVDM_DEBUG": ""}
@@ -434,7 +434,7 @@ def test_output_folder_that_cannot_be_created_exits_2(tmp_path, tiny_weights):
 
 
 def test_debug_shows_tracebacks_for_unexpected_errors(tmp_path, tiny_weights, monkeypatch):
-    from cvdm_cli import pipeline
+    from cvdm_cli.run import plane as pipeline
 
     src = write(tmp_path / "a.tif", (12, 10), "YX")
 

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from cvdm_cli import __version__
 from cvdm_cli.cli.app import app
-from cvdm_cli.devices import cpu_has_native_bf16
+from cvdm_cli.core.devices import cpu_has_native_bf16
 
 HUB_REV = "0123456789abcdef0123456789abcdef01234567"
 

@@ -1,4 +1,4 @@
-"""Batches on Dask (cvdm_cli.cluster, `--workers`, `--gpus`, `--scheduler`): outputs
+"""Batches on Dask (cvdm_cli.run.cluster, `--workers`, `--gpus`, `--scheduler`): outputs
 byte-identical to a single-process run, a killed worker, failing files reported once,
 Ctrl-C, resuming, the missing extra, and a no-option path that never imports Dask.
 
@@ -26,9 +26,12 @@ distributed = pytest.importorskip("distributed")  # the optional `cluster` extra
 
 from conftest import cvdm, default_sigint, json_lines  # noqa: E402
 
-from cvdm_cli import cluster, errors, pipeline  # noqa: E402
-from cvdm_cli.devices import pick_precision  # noqa: E402
-from cvdm_cli.pipeline import EnhanceSettings, ModelRef, Reporter  # noqa: E402
+from cvdm_cli import errors  # noqa: E402
+from cvdm_cli.core.devices import pick_precision  # noqa: E402
+from cvdm_cli.run import cluster  # noqa: E402
+from cvdm_cli.run.batch import Reporter, run_batch  # noqa: E402
+from cvdm_cli.run.inputs import discover_inputs  # noqa: E402
+from cvdm_cli.run.settings import EnhanceSettings, ModelRef  # noqa: E402
 
 FAST = ["--samples", "2", "--steps", "2", "--tile", "16", "--overlap", "4"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "CVDM_DEBUG": ""}
@@ -162,12 +165,12 @@ def test_option_errors_exit_2_before_any_work(tmp_path, tiny_weights):
 
 
 def test_missing_extra_is_one_line_naming_the_extra(tmp_path, tiny_weights, monkeypatch):
-    import cvdm_cli
+    import cvdm_cli.run
 
     src = write(tmp_path / "a.tif", (12, 10), "YX")
     monkeypatch.setitem(sys.modules, "distributed", None)  # `import distributed` fails
-    monkeypatch.delitem(sys.modules, "cvdm_cli.cluster")
-    monkeypatch.delattr(cvdm_cli, "cluster")
+    monkeypatch.delitem(sys.modules, "cvdm_cli.run.cluster")
+    monkeypatch.delattr(cvdm_cli.run, "cluster")
     for option in (["--workers", "2"], ["--gpus", "all"], ["--scheduler", "tcp://x:8786"]):
         r = cvdm("uncertainty", src, "-m", tiny_weights, *FAST, *option)
         assert r.code == 2
@@ -184,7 +187,7 @@ def test_no_option_path_does_not_import_dask(tmp_path, tiny_weights):
         "from cvdm_cli.cli.app import main\n"
         "try:\n    main()\nexcept SystemExit as e:\n    code = e.code\n"
         "loaded = sorted(m for m in sys.modules if m.split('.')[0] in ('dask', 'distributed'))\n"
-        "print('DASK' if loaded else 'NO-DASK', code or 0, 'cvdm_cli.cluster' in sys.modules)\n"
+        "print('DASK' if loaded else 'NO-DASK', code or 0, 'cvdm_cli.run.cluster' in sys.modules)\n"
     )
     args = ["enhance", str(src), "-m", str(tiny_weights), "--samples", "1", "--steps", "1", "-q"]
     done = subprocess.run(
@@ -273,10 +276,10 @@ def test_killed_worker_is_replaced_and_outputs_are_identical(tmp_path, tiny_weig
     src = write(tmp_path / "in" / "k.tif", (6, 24, 20), "ZYX", seed=3)
     settings = EnhanceSettings(samples=2, steps=8, tile=16, overlap=4, seed=7)
     local = ModelRef(path=str(tiny_weights), device="cpu", name="tiny")
-    ref_jobs = pipeline.discover_inputs([src], output_dir=tmp_path / "one")
-    assert pipeline.run_batch(ref_jobs, settings, local).count("done") == 1
+    ref_jobs = discover_inputs([src], output_dir=tmp_path / "one")
+    assert run_batch(ref_jobs, settings, local).count("done") == 1
 
-    jobs = pipeline.discover_inputs([src], output_dir=tmp_path / "many")
+    jobs = discover_inputs([src], output_dir=tmp_path / "many")
     with distributed.Client(dask_cluster.scheduler_address) as client:
         ref, setup = cluster.prepare_workers(
             client, str(tiny_weights), name="tiny", device="cpu", tile=16, samples=2
@@ -310,7 +313,7 @@ def test_killed_worker_is_replaced_and_outputs_are_identical(tmp_path, tiny_weig
     assert_same_outputs(tmp_path / "one", tmp_path / "many", names)
 
     # groups of planes per task and a window of one task give the same bytes again
-    again = pipeline.discover_inputs([src], output_dir=tmp_path / "grouped")
+    again = discover_inputs([src], output_dir=tmp_path / "grouped")
     with distributed.Client(dask_cluster.scheduler_address) as client:
         batch = cluster.run_batch_distributed(
             again, settings, ref, client, planes_per_task=4, window=1

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cvdm_cli import devices
+from cvdm_cli.core import devices
 from cvdm_cli.errors import ConfigError
-from cvdm_cli.trainer import resolve_precision
+from cvdm_cli.training.trainer import resolve_precision
 
 CPU = torch.device("cpu")
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from cvdm_cli import CVDM, ModelConfig
-from cvdm_cli.diffusion import (
+from cvdm_cli.core.diffusion import (
     beta_map,
     cvdm_losses,
     gamma_map,
@@ -122,7 +122,7 @@ def test_loss_gradients_reach_every_network(tiny_model):
 
 
 def test_loss_terms_as_floats_reads_every_term_and_extras_at_once():
-    from cvdm_cli.diffusion import LossTerms
+    from cvdm_cli.core.diffusion import LossTerms
 
     terms = LossTerms(
         eps=torch.tensor(0.5),

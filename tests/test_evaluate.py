@@ -19,10 +19,11 @@ import tifffile
 import torch
 import torch.nn.functional as F
 
-from cvdm_cli import baselines, metrics
+from cvdm_cli.core import metrics
+from cvdm_cli.core.variance import DEFAULT_VARIANCE_SMOOTHING
 from cvdm_cli.errors import ConfigError, DataError, OutputExistsError
-from cvdm_cli.sampler import FAST_GRID_POWER
-from cvdm_cli.variance import DEFAULT_VARIANCE_SMOOTHING
+from cvdm_cli.evaluation import baselines
+from cvdm_cli.sampling.schedules import FAST_GRID_POWER
 
 
 @pytest.fixture(autouse=True)
@@ -166,10 +167,10 @@ def _rows(path: Path) -> list[dict[str, str]]:
 
 
 def test_evaluate_end_to_end_numbers_and_files(tmp_path: Path, model_path: Path) -> None:
-    from cvdm_cli.evaluate import CSV_COLUMNS, evaluate
-    from cvdm_cli.normalize import denormalize, percentile_normalize
-    from cvdm_cli.sampler import reconstruct
-    from cvdm_cli.weights import load_weights
+    from cvdm_cli.core.normalize import denormalize, percentile_normalize
+    from cvdm_cli.evaluation.evaluate import CSV_COLUMNS, evaluate
+    from cvdm_cli.io.weights import load_weights
+    from cvdm_cli.sampling.api import reconstruct
 
     data = tmp_path / "data"
     _write_pairs(data)
@@ -300,7 +301,7 @@ def test_evaluate_end_to_end_numbers_and_files(tmp_path: Path, model_path: Path)
 def test_evaluate_without_psf_skips_rl_and_scores_every_pair(
     tmp_path: Path, model_path: Path
 ) -> None:
-    from cvdm_cli.evaluate import evaluate
+    from cvdm_cli.evaluation.evaluate import evaluate
 
     _write_pairs(tmp_path, n=2, params=False)
     report = evaluate(
@@ -326,7 +327,7 @@ def test_evaluate_without_psf_skips_rl_and_scores_every_pair(
 
 
 def test_sampler_seed_changes_only_the_cvdm_draws(tmp_path: Path, model_path: Path) -> None:
-    from cvdm_cli.evaluate import evaluate
+    from cvdm_cli.evaluation.evaluate import evaluate
 
     _write_pairs(tmp_path, n=4)
     common = dict(samples=2, steps=2, samplers=("fast",), rl_grid=(2,), seed=3)
@@ -361,7 +362,7 @@ def test_sampler_seed_changes_only_the_cvdm_draws(tmp_path: Path, model_path: Pa
 def test_evaluate_rejects_unpaired_and_wrongly_sized_pairs(
     tmp_path: Path, model_path: Path
 ) -> None:
-    from cvdm_cli.evaluate import evaluate, find_pairs
+    from cvdm_cli.evaluation.evaluate import evaluate, find_pairs
 
     _write_pairs(tmp_path, n=2)
     tifffile.imwrite(tmp_path / "lr" / "extra.tif", np.zeros((16, 16), np.uint16))
@@ -375,13 +376,13 @@ def test_evaluate_rejects_unpaired_and_wrongly_sized_pairs(
 
 
 def test_markdown_of_a_report_without_baseline_wins() -> None:
-    from cvdm_cli.evaluate import EvaluationReport
+    from cvdm_cli.evaluation.evaluate import EvaluationReport
 
     row = {"stem": "a", "method": "bicubic", "psnr": 20.0, "ssim": 0.5, "nrmse": 0.1}
     row.update({k: math.nan for k in ("spearman", "calibrated_spearman", "coverage50")})
     row.update({k: math.nan for k in ("coverage90", "ause")})
     row.update(mean_std=math.nan, seconds=0.0, calibrated50=math.nan, calibrated90=math.nan)
-    from cvdm_cli.evaluate import _summaries
+    from cvdm_cli.evaluation.evaluate import _summaries
 
     rep = EvaluationReport({"samples": 8}, [row], _summaries([row]), {}, None, None)
     md = rep.to_markdown()
@@ -445,7 +446,7 @@ def test_cli_evaluate_json_and_errors(tmp_path: Path, model_path: Path) -> None:
 
 
 def test_bf16_changes_only_the_cvdm_rows_and_is_reported(tmp_path: Path, model_path: Path) -> None:
-    from cvdm_cli.evaluate import evaluate
+    from cvdm_cli.evaluation.evaluate import evaluate
 
     _write_pairs(tmp_path, n=3)
     common = dict(samples=2, steps=2, samplers=("fast",), rl_iterations=2, seed=3)
@@ -470,7 +471,7 @@ def test_bf16_changes_only_the_cvdm_rows_and_is_reported(tmp_path: Path, model_p
 
 
 def test_variance_smoothing_changes_only_the_std_scores(tmp_path: Path, model_path: Path) -> None:
-    from cvdm_cli.evaluate import evaluate
+    from cvdm_cli.evaluation.evaluate import evaluate
 
     _write_pairs(tmp_path, n=3)
     common = dict(samples=4, steps=2, samplers=("fast",), rl_iterations=2, seed=3)
@@ -499,7 +500,7 @@ def test_variance_smoothing_changes_only_the_std_scores(tmp_path: Path, model_pa
 
 
 def test_tta_changes_only_the_cvdm_draws_and_is_reported(tmp_path: Path, model_path: Path) -> None:
-    from cvdm_cli.evaluate import evaluate
+    from cvdm_cli.evaluation.evaluate import evaluate
 
     _write_pairs(tmp_path, n=3)
     common = dict(samples=2, steps=2, samplers=("fast",), rl_iterations=2, seed=3)

@@ -40,14 +40,14 @@ def assert_fp32_match(cpu, gpu, shape: tuple[int, int]) -> None:
 @pytest.fixture(scope="module")
 def shipped():
     from cvdm_cli import load_weights
-    from cvdm_cli.registry import resolve_model
+    from cvdm_cli.hub.registry import resolve_model
 
     return load_weights(resolve_model(None).path)  # the default model shipped in the package
 
 
 @pytest.fixture(scope="module")
 def lowres() -> np.ndarray:
-    from cvdm_cli.normalize import percentile_normalize
+    from cvdm_cli.core.normalize import percentile_normalize
 
     image = tifffile.imread(EXAMPLE)[:48, :48]
     normed, _ = percentile_normalize(image, 1.0, 99.8)
@@ -78,7 +78,7 @@ def test_cuda_fp32_matches_cpu(shipped, lowres, sampler):
 @pytest.mark.parametrize("sampler", ["fast", "reference"])
 def test_cuda_tiled_tta_matches_cpu(shipped, lowres, sampler):
     """reconstruct_plane with TTA, tiles and both samplers: the CUDA path equals the CPU's."""
-    from cvdm_cli.tiled import reconstruct_plane
+    from cvdm_cli.sampling.plane import reconstruct_plane
 
     plane = np.ascontiguousarray(lowres[:, :40])  # non-square: transposed views, other plans
 
@@ -115,7 +115,7 @@ def test_training_on_cuda_lowers_loss_and_resume_continues(tmp_path):
     """A few dozen bf16 steps of the tiny preset on CUDA lower the loss; resuming from the
     checkpoint continues at the saved step with the same data stream."""
     from cvdm_cli import ModelConfig, load_weights
-    from cvdm_cli.trainer import Pair, PairedData, TrainConfig, make_pair, train
+    from cvdm_cli.training.trainer import Pair, PairedData, TrainConfig, make_pair, train
 
     rng = np.random.default_rng(0)
     config = ModelConfig.preset("tiny")
@@ -191,7 +191,7 @@ def test_cli_enhance_on_cuda_matches_cpu(tmp_path):
 
 
 def test_auto_batch_is_larger_on_cuda():
-    from cvdm_cli.sampler import auto_batch_size
+    from cvdm_cli.core.devices import auto_batch_size
 
     assert auto_batch_size(256 * 256, torch.device("cuda")) > auto_batch_size(
         256 * 256, torch.device("cpu")

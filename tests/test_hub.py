@@ -26,8 +26,10 @@ from fake_hub import FakeHub
 from huggingface_hub import constants
 from typer.testing import CliRunner
 
-from cvdm_cli import errors, hub, registry
+from cvdm_cli import errors
 from cvdm_cli.cli.app import app
+from cvdm_cli.hub import hf as hub
+from cvdm_cli.hub import registry
 
 REPO = Path(__file__).resolve().parents[1]
 REPO_ID = "lab/cvdm-test"
@@ -444,7 +446,7 @@ def test_non_editable_install_finds_registry_and_packaged_model(tmp_path):
     assert install.returncode == 0, install.stdout + install.stderr
 
     probe = (
-        "import json, cvdm_cli, cvdm_cli.registry as r\n"
+        "import json, cvdm_cli, cvdm_cli.hub.registry as r\n"
         "m = r.resolve_model(None)\n"
         "print(json.dumps({'pkg': cvdm_cli.__file__, 'toml': str(r.PACKAGED_REGISTRY),"
         " 'name': m.name, 'path': str(m.path), 'verified': m.verified}))\n"

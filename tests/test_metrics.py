@@ -1,4 +1,4 @@
-"""cvdm_cli.metrics against values computed by hand on constructed images."""
+"""cvdm_cli.core.metrics against values computed by hand on constructed images."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from cvdm_cli import metrics as M
+from cvdm_cli.core import metrics as M
 
 
 def _ramp() -> np.ndarray:

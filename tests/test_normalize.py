@@ -1,4 +1,4 @@
-"""cvdm_cli.normalize: percentile mapping, its inverse, constant planes, NaN/Inf policy."""
+"""cvdm_cli.core.normalize: percentile mapping, its inverse, constant planes, NaN/Inf policy."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from cvdm_cli import errors
-from cvdm_cli.normalize import (
+from cvdm_cli.core.normalize import (
     NormParams,
     denormalize,
     denormalize_std,

@@ -11,9 +11,10 @@ import torch
 from conftest import cvdm
 
 from cvdm_cli.errors import ConfigError
-from cvdm_cli.passes import resolve_passes, split_steps
-from cvdm_cli.sampler import reconstruct, run_passes, run_steps
-from cvdm_cli.tiled import reconstruct_plane
+from cvdm_cli.sampling.api import reconstruct
+from cvdm_cli.sampling.passes import resolve_passes, split_steps
+from cvdm_cli.sampling.plane import reconstruct_plane
+from cvdm_cli.sampling.steps import run_passes, run_steps
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -1,4 +1,4 @@
-"""The enhance pipeline (cvdm_cli.pipeline): discovery, the per-plane unit of work, units,
+"""The enhance pipeline (cvdm_cli.run.pipeline): discovery, the per-plane unit of work, units,
 outputs, skipping, out-of-memory retries, interruption and the dry run."""
 
 from __future__ import annotations
@@ -13,11 +13,17 @@ import tifffile
 import torch
 from scipy.ndimage import gaussian_filter
 
-from cvdm_cli import errors, pipeline
-from cvdm_cli.normalize import percentile_normalize
-from cvdm_cli.pipeline import EnhanceSettings, FileJob, ModelRef
-from cvdm_cli.tiled import reconstruct_plane
-from cvdm_cli.variance import DEFAULT_VARIANCE_SMOOTHING
+from cvdm_cli import errors
+from cvdm_cli.core.devices import activation_bytes_per_pixel, default_tile
+from cvdm_cli.core.normalize import percentile_normalize
+from cvdm_cli.core.variance import DEFAULT_VARIANCE_SMOOTHING
+from cvdm_cli.run import plane as run_plane
+from cvdm_cli.run.batch import Reporter, enhance_file, run_batch
+from cvdm_cli.run.inputs import FileJob, discover_inputs
+from cvdm_cli.run.models import get_model
+from cvdm_cli.run.plane import check_tiling, process_plane
+from cvdm_cli.run.settings import EnhanceSettings, ModelRef
+from cvdm_cli.sampling.plane import reconstruct_plane
 
 FAST = EnhanceSettings(samples=2, steps=2, tile=256, overlap=32)
 
@@ -57,12 +63,12 @@ def test_discover_files_folders_and_layout(tmp_path):
     single = tmp_path / "single.tif"
     single.write_bytes(b"x")
 
-    flat = pipeline.discover_inputs([root])
+    flat = discover_inputs([root])
     assert [j.input.name for j in flat] == ["a.tif", "B.TIFF"]
     assert all(j.out_dir == root for j in flat)
 
     out = tmp_path / "out"
-    deep = pipeline.discover_inputs([root, single], recursive=True, output_dir=out)
+    deep = discover_inputs([root, single], recursive=True, output_dir=out)
     got = {j.input.relative_to(tmp_path).as_posix(): j.out_dir for j in deep}
     assert got == {
         "data/a.tif": out,
@@ -78,7 +84,7 @@ def test_discover_files_folders_and_layout(tmp_path):
         "std": out / "B_cvdm_std.tif",
         "difficulty": out / "B_cvdm_difficulty.tif",
     }
-    only_c = pipeline.discover_inputs([root], recursive=True, globs=["c*"])
+    only_c = discover_inputs([root], recursive=True, globs=["c*"])
     assert [j.input.name for j in only_c] == ["c.tif"]
 
 
@@ -87,26 +93,26 @@ def test_discover_skips_the_output_folder_inside_the_input_folder(tmp_path):
     out = tmp_path / "results"
     out.mkdir()
     (out / "old.tif").write_bytes(b"x")
-    jobs = pipeline.discover_inputs([tmp_path], recursive=True, output_dir=out)
+    jobs = discover_inputs([tmp_path], recursive=True, output_dir=out)
     assert [j.input.name for j in jobs] == ["a.tif"]
 
 
 def test_discover_errors(tmp_path):
     with pytest.raises(errors.InputNotFoundError, match=r"missing\.tif"):
-        pipeline.discover_inputs([tmp_path / "missing.tif"])
+        discover_inputs([tmp_path / "missing.tif"])
     (tmp_path / "empty").mkdir()
     with pytest.raises(errors.ConfigError, match="no input files"):
-        pipeline.discover_inputs([tmp_path / "empty"])
+        discover_inputs([tmp_path / "empty"])
     for d in ("x", "y"):
         (tmp_path / d).mkdir()
         (tmp_path / d / "cell.tif").write_bytes(b"x")
     with pytest.raises(errors.ConfigError, match="both write cell_cvdm"):
-        pipeline.discover_inputs(
+        discover_inputs(
             [tmp_path / "x" / "cell.tif", tmp_path / "y" / "cell.tif"], output_dir=tmp_path / "o"
         )
     (tmp_path / "x" / "cell_cvdm.tif").write_bytes(b"x")
     with pytest.raises(errors.ConfigError, match="is itself an input"):
-        pipeline.discover_inputs([tmp_path / "x" / "cell.tif", tmp_path / "x" / "cell_cvdm.tif"])
+        discover_inputs([tmp_path / "x" / "cell.tif", tmp_path / "x" / "cell_cvdm.tif"])
 
 
 def test_settings_validation():
@@ -123,21 +129,21 @@ def test_settings_validation():
 
 
 def test_check_tiling_refuses_tiles_the_network_cannot_use(tiny_model):
-    pipeline.check_tiling(FAST, tiny_model)
+    check_tiling(FAST, tiny_model)
     with pytest.raises(errors.ConfigError, match="multiple"):
-        pipeline.check_tiling(dataclasses.replace(FAST, tile=255), tiny_model)
+        check_tiling(dataclasses.replace(FAST, tile=255), tiny_model)
     with pytest.raises(errors.ConfigError, match="overlap"):
-        pipeline.check_tiling(dataclasses.replace(FAST, overlap=31), tiny_model)
+        check_tiling(dataclasses.replace(FAST, overlap=31), tiny_model)
 
 
 def test_default_tile_rule(tiny_model):
-    assert pipeline.default_tile(tiny_model, "cpu") == 256
+    assert default_tile(tiny_model, "cpu") == 256
     gib = 2**30
-    tiles = [pipeline.default_tile(tiny_model, "cuda", free_bytes=f * gib) for f in (0, 1, 80)]
+    tiles = [default_tile(tiny_model, "cuda", free_bytes=f * gib) for f in (0, 1, 80)]
     assert tiles[0] == 128 and tiles == sorted(tiles) and tiles[-1] == 1024
     assert all(t % tiny_model.pad_multiple == 0 for t in tiles)
-    per_px = pipeline.activation_bytes_per_pixel(tiny_model)
-    t = pipeline.default_tile(tiny_model, "cuda", free_bytes=4 * gib)
+    per_px = activation_bytes_per_pixel(tiny_model)
+    t = default_tile(tiny_model, "cuda", free_bytes=4 * gib)
     assert t * t * 8 * per_px <= 0.5 * 4 * gib
 
 
@@ -148,11 +154,11 @@ def test_process_plane_is_pure_picklable_and_in_input_units(tmp_path, ref):
     data = image((3, 12, 10))
     path = write_tiff(tmp_path / "z.tif", data, "ZYX")
     settings = dataclasses.replace(FAST, difficulty=True, save_samples=True)
-    for obj in (settings, ref, pipeline.process_plane):
+    for obj in (settings, ref, process_plane):
         assert pickle.loads(pickle.dumps(obj)) == obj
 
-    a = pipeline.process_plane(path, 1, settings, ref)
-    b = pipeline.process_plane(str(path), 1, settings, ref, plane=data[1])
+    a = process_plane(path, 1, settings, ref)
+    b = process_plane(str(path), 1, settings, ref, plane=data[1])
     np.testing.assert_array_equal(a.mean, b.mean)
     np.testing.assert_array_equal(a.spread, b.spread)
     assert a.mean.shape == a.spread.shape == a.difficulty.shape == (24, 20)
@@ -160,7 +166,7 @@ def test_process_plane_is_pure_picklable_and_in_input_units(tmp_path, ref):
     assert a.mean.dtype == a.spread.dtype == np.float32
 
     # the same numbers by hand: normalise with the model's percentiles, sample, map back
-    model = pipeline.get_model(ref)
+    model = get_model(ref)
     norm, p = percentile_normalize(data[1], model.config.norm_low, model.config.norm_high)
     rec = reconstruct_plane(
         model,
@@ -182,25 +188,25 @@ def test_process_plane_is_pure_picklable_and_in_input_units(tmp_path, ref):
     assert sigma == DEFAULT_VARIANCE_SMOOTHING > 0
     pooled = gaussian_filter(rec.var.astype(np.float64), sigma, mode="reflect")
     np.testing.assert_allclose(a.spread, pooled * half**2, rtol=1e-4)
-    raw = pipeline.process_plane(path, 1, dataclasses.replace(settings, variance_smoothing=0), ref)
+    raw = process_plane(path, 1, dataclasses.replace(settings, variance_smoothing=0), ref)
     np.testing.assert_allclose(raw.spread, rec.var * half**2, rtol=1e-5)
     np.testing.assert_array_equal(raw.mean, a.mean)  # pooling touches only the variance
     np.testing.assert_allclose(a.difficulty, rec.difficulty)  # lambda: not rescaled
     np.testing.assert_allclose(a.samples.mean(axis=0), a.mean, rtol=1e-4, atol=1e-2)
-    std = pipeline.process_plane(path, 1, dataclasses.replace(settings, spread="std"), ref)
+    std = process_plane(path, 1, dataclasses.replace(settings, spread="std"), ref)
     np.testing.assert_allclose(std.spread, np.sqrt(pooled) * half, rtol=1e-4)
-    other = pipeline.process_plane(path, 2, settings, ref)
+    other = process_plane(path, 2, settings, ref)
     assert not np.array_equal(other.mean, a.mean)
 
 
 def test_model_is_loaded_once_per_process(ref):
-    assert pipeline.get_model(ref) is pipeline.get_model(ModelRef(ref.path, "cpu", "other"))
+    assert get_model(ref) is get_model(ModelRef(ref.path, "cpu", "other"))
 
 
 def test_out_of_memory_halves_batch_then_tile(tmp_path, ref, monkeypatch):
     path = write_tiff(tmp_path / "p.tif", image((40, 36)), "YX")
     calls = []
-    real = pipeline.reconstruct_plane
+    real = reconstruct_plane
 
     def fake(model, plane, *, batch_size=None, tile=None, **kw):
         calls.append((batch_size, tile))
@@ -208,11 +214,9 @@ def test_out_of_memory_halves_batch_then_tile(tmp_path, ref, monkeypatch):
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB")
         return real(model, plane, batch_size=batch_size, tile=tile, **kw)
 
-    monkeypatch.setattr(pipeline, "reconstruct_plane", fake)
+    monkeypatch.setattr(run_plane, "reconstruct_plane", fake)
     told = []
-    out = pipeline.process_plane(
-        path, 0, dataclasses.replace(FAST, batch_size=8), ref, notice=told.append
-    )
+    out = process_plane(path, 0, dataclasses.replace(FAST, batch_size=8), ref, notice=told.append)
     assert calls == [(8, 256), (4, 256), (2, 256)]
     assert out.settings.batch_size == 2 and out.mean.shape == (80, 72)
     assert len(told) == 2 and "retrying with --batch-size 4" in told[0]
@@ -221,10 +225,10 @@ def test_out_of_memory_halves_batch_then_tile(tmp_path, ref, monkeypatch):
         calls.append((batch_size, tile))
         raise RuntimeError("CUDA error: out of memory")
 
-    monkeypatch.setattr(pipeline, "reconstruct_plane", always)
+    monkeypatch.setattr(run_plane, "reconstruct_plane", always)
     calls.clear()
     with pytest.raises(errors.DeviceOutOfMemoryError, match=r"p\.tif"):
-        pipeline.process_plane(path, 0, dataclasses.replace(FAST, tile=128, batch_size=2), ref)
+        process_plane(path, 0, dataclasses.replace(FAST, tile=128, batch_size=2), ref)
     # batch 2 -> 1, then the tile actually used (80: the whole 80x72 output plane) is
     # halved to 40, then to 32 (the smallest), with batch 1
     assert calls == [(2, 128), (1, 128), (1, 40), (1, 32)]
@@ -232,9 +236,9 @@ def test_out_of_memory_halves_batch_then_tile(tmp_path, ref, monkeypatch):
     def other_error(model, plane, **kw):
         raise RuntimeError("something else")
 
-    monkeypatch.setattr(pipeline, "reconstruct_plane", other_error)
+    monkeypatch.setattr(run_plane, "reconstruct_plane", other_error)
     with pytest.raises(RuntimeError, match="something else"):
-        pipeline.process_plane(path, 0, FAST, ref)
+        process_plane(path, 0, FAST, ref)
 
 
 # --- files and batches -------------------------------------------------------------------
@@ -245,8 +249,8 @@ def test_enhance_file_outputs_units_and_stats(tmp_path, ref):
     settings = dataclasses.replace(
         FAST, spread="std", difficulty=True, save_samples=True, threshold=50.0
     )
-    job = pipeline.discover_inputs([path])[0]
-    result, _ = pipeline.enhance_file(job, settings, ref)
+    job = discover_inputs([path])[0]
+    result, _ = enhance_file(job, settings, ref)
     assert result.status == "done", result.error
     files = {k: Path(v) for k, v in result.outputs.items()}
     assert sorted(files) == ["difficulty", "mean", "samples", "std"]
@@ -273,20 +277,20 @@ def test_enhance_file_outputs_units_and_stats(tmp_path, ref):
 def test_skip_existing_partial_outputs_and_overwrite(tmp_path, ref):
     path = write_tiff(tmp_path / "a.tif", image((12, 10)), "YX")
     job = FileJob(input=path, out_dir=tmp_path)
-    first, _ = pipeline.enhance_file(job, FAST, ref)
+    first, _ = enhance_file(job, FAST, ref)
     assert first.status == "done"
     mtime = Path(first.outputs["mean"]).stat().st_mtime_ns
-    again, _ = pipeline.enhance_file(job, FAST, ref)
+    again, _ = enhance_file(job, FAST, ref)
     assert again.status == "skipped" and "overwrite" in again.reason
     assert Path(first.outputs["mean"]).stat().st_mtime_ns == mtime
     # asking for an extra output while the others exist: refuse rather than overwrite
-    more, _ = pipeline.enhance_file(job, dataclasses.replace(FAST, difficulty=True), ref)
+    more, _ = enhance_file(job, dataclasses.replace(FAST, difficulty=True), ref)
     assert more.status == "failed" and "a_cvdm_difficulty.tif" in more.error
-    redo, _ = pipeline.enhance_file(job, dataclasses.replace(FAST, overwrite=True), ref)
+    redo, _ = enhance_file(job, dataclasses.replace(FAST, overwrite=True), ref)
     assert redo.status == "done"
 
 
-class _StopAfter(pipeline.Reporter):
+class _StopAfter(Reporter):
     def __init__(self, planes: int) -> None:
         self.left = planes
         self.results = []
@@ -303,9 +307,9 @@ class _StopAfter(pipeline.Reporter):
 def test_interrupt_leaves_no_partial_output(tmp_path, ref):
     a = write_tiff(tmp_path / "a.tif", image((12, 10)), "YX")
     b = write_tiff(tmp_path / "b.tif", image((3, 12, 10)), "ZYX")
-    jobs = pipeline.discover_inputs([a, b])
+    jobs = discover_inputs([a, b])
     rep = _StopAfter(planes=2)  # a's only plane, then the first plane of b
-    batch = pipeline.run_batch(jobs, FAST, ref, reporter=rep)
+    batch = run_batch(jobs, FAST, ref, reporter=rep)
     assert batch.interrupted
     assert [f.status for f in batch.files] == ["done", "interrupted"]
     assert batch.files[1].planes_done == 1
@@ -319,7 +323,7 @@ def test_interrupt_leaves_no_partial_output(tmp_path, ref):
 def test_batch_goes_on_past_a_corrupt_file(tmp_path, ref):
     write_tiff(tmp_path / "good.tif", image((12, 10)), "YX")
     (tmp_path / "bad.tif").write_bytes(b"\x89PNG\r\n\x1a\n not a tiff")
-    batch = pipeline.run_batch(pipeline.discover_inputs([tmp_path]), FAST, ref)
+    batch = run_batch(discover_inputs([tmp_path]), FAST, ref)
     status = {Path(f.input).name: f.status for f in batch.files}
     assert status == {"bad.tif": "failed", "good.tif": "done"}
     bad = batch.failed[0]
@@ -330,10 +334,10 @@ def test_batch_goes_on_past_a_corrupt_file(tmp_path, ref):
 
 def test_dry_run_writes_nothing(tmp_path, ref):
     write_tiff(tmp_path / "a.tif", image((2, 40, 36)), "ZYX")
-    jobs = pipeline.discover_inputs([tmp_path])
+    jobs = discover_inputs([tmp_path])
     settings = dataclasses.replace(FAST, tile=32, overlap=8)
     before = sorted(tmp_path.iterdir())
-    batch = pipeline.run_batch(jobs, settings, ref, dry_run=True)
+    batch = run_batch(jobs, settings, ref, dry_run=True)
     assert sorted(tmp_path.iterdir()) == before
     plan = batch.files[0]
     assert plan.status == "planned" and plan.planes == 2
@@ -348,12 +352,12 @@ def test_process_plane_runs_in_another_process(tmp_path, ref):
     from concurrent.futures import ProcessPoolExecutor
 
     path = write_tiff(tmp_path / "z.tif", image((2, 12, 10)), "ZYX")
-    here = pipeline.process_plane(path, 1, FAST, ref)
+    here = process_plane(path, 1, FAST, ref)
     ctx = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(
         1, mp_context=ctx, initializer=torch.set_num_threads, initargs=(1,)
     ) as pool:
-        there = pool.submit(pipeline.process_plane, path, 1, FAST, ref).result(timeout=120)
+        there = pool.submit(process_plane, path, 1, FAST, ref).result(timeout=120)
     np.testing.assert_array_equal(here.mean, there.mean)
     np.testing.assert_array_equal(here.spread, there.spread)
     assert there.norm == here.norm and there.settings == FAST

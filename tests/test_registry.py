@@ -11,7 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from cvdm_cli import errors, hub, registry
+from cvdm_cli import errors
+from cvdm_cli.hub import hf as hub
+from cvdm_cli.hub import registry
 
 REPO = Path(__file__).resolve().parents[1]
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
@@ -359,7 +361,7 @@ def test_shipped_registry_and_default_model():
 def test_maintainer_check_command_runs_as_module(tmp_path):
     path = _write_package_registry(tmp_path, b"w")
     out = subprocess.run(
-        [sys.executable, "-m", "cvdm_cli.registry", "--registry", str(path), "check"],
+        [sys.executable, "-m", "cvdm_cli.hub.registry", "--registry", str(path), "check"],
         capture_output=True,
         text=True,
         check=False,

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from cvdm_cli import reconstruct, schedule_map
-from cvdm_cli.diffusion import gamma_map
-from cvdm_cli.sampler import FAST_GRID_POWER, FastSchedule, ReferenceSchedule
+from cvdm_cli.core.diffusion import gamma_map
+from cvdm_cli.sampling.schedules import FAST_GRID_POWER, FastSchedule, ReferenceSchedule
 
 
 def _counting_hooks(model):

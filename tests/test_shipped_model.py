@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from conftest import cvdm, json_lines
 
-from cvdm_cli import registry
-from cvdm_cli.baselines import bicubic_upsample
-from cvdm_cli.metrics import fair_scores, spearman
-from cvdm_cli.tiff import read_single_plane
+from cvdm_cli.core.metrics import fair_scores, spearman
+from cvdm_cli.evaluation.baselines import bicubic_upsample
+from cvdm_cli.hub import registry
+from cvdm_cli.io.tiff import read_single_plane
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "examples" / "widefield.tif"

@@ -17,7 +17,7 @@ from scipy.optimize import brentq, curve_fit
 from scipy.special import jv
 
 from cvdm_cli import errors
-from cvdm_cli.simulation import (
+from cvdm_cli.training.simulation import (
     SimulationParams,
     draw_params,
     fine_grid,
@@ -28,7 +28,7 @@ from cvdm_cli.simulation import (
     simulate_pair,
     widefield_psf_2d,
 )
-from cvdm_cli.structures import splat
+from cvdm_cli.training.structures import splat
 
 tifffile = pytest.importorskip("tifffile")
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from cvdm_cli import errors
-from cvdm_cli.structures import STRUCTURES, Grid, generate, splat
+from cvdm_cli.training.structures import STRUCTURES, Grid, generate, splat
 
 Z = (-300.0, -200.0, -100.0, 0.0, 100.0, 200.0, 300.0)
 GRID = Grid(ny=200, nx=200, pixel_nm=16.0, z_nm=Z)

@@ -1,4 +1,4 @@
-"""cvdm_cli.tiff: reading every supported layout lazily, atomic plane-by-plane writing,
+"""cvdm_cli.io.tiff: reading every supported layout lazily, atomic plane-by-plane writing,
 pixel size / axes round trips, and refusals with specific errors naming the file."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import pytest
 import tifffile
 
 from cvdm_cli import errors
-from cvdm_cli.tiff import (
+from cvdm_cli.io.tiff import (
     IncompleteOutputError,
     OutputTiff,
     choose_layout,
@@ -499,7 +499,7 @@ def test_sigkill_mid_write_leaves_no_final_file(tmp_path):
     script = textwrap.dedent(
         f"""
         import time, numpy as np
-        from cvdm_cli.tiff import OutputTiff
+        from cvdm_cli.io.tiff import OutputTiff
         with OutputTiff({str(final)!r}, shape=(50, 64, 64), axes="ZYX",
                         pixel_size=None, unit=None) as out:
             for i in range(50):

@@ -1,4 +1,4 @@
-"""Tiled sampling of one plane (cvdm_cli.tiled): seams, tiled vs untiled, determinism.
+"""Tiled sampling of one plane (cvdm_cli.sampling.plane): seams, tiled vs untiled, determinism.
 
 The seam tests (issue 4, item 6) need a model whose samples are *smooth random fields*:
 an untrained tiny CVDM predicts noise so badly that every sample hits the +-4 clip of the
@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from cvdm_cli import CVDM, ModelConfig
-from cvdm_cli.tiled import plan_for, reconstruct_plane, schedule_map_plane
+from cvdm_cli.sampling.plane import plan_for, reconstruct_plane, schedule_map_plane
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -179,7 +179,7 @@ def test_schedule_map_tiled_matches_untiled():
 
 def _train_tiny(steps: int) -> CVDM:
     """A tiny CVDM trained on smooth random residuals (enough to stop saturating)."""
-    from cvdm_cli.diffusion import cvdm_losses
+    from cvdm_cli.core.diffusion import cvdm_losses
 
     torch.manual_seed(0)
     model = CVDM(ModelConfig.preset("tiny"))

@@ -1,4 +1,4 @@
-"""cvdm_cli.tiling: exact coverage, margins, tapered weights, and tiled == untiled for a
+"""cvdm_cli.core.tiling: exact coverage, margins, tapered weights, and tiled == untiled for a
 linear model (torch bicubic x2, the same upsampler the CVDM condition uses)."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from cvdm_cli import errors
-from cvdm_cli.tiling import (
+from cvdm_cli.core.tiling import (
     Stitcher,
     plan_tiles,
     tile_seed,

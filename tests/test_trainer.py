@@ -11,7 +11,7 @@ from conftest import cvdm
 
 from cvdm_cli import ModelConfig, load_weights, reconstruct
 from cvdm_cli.errors import DataError, InvalidPixelsError
-from cvdm_cli.trainer import (
+from cvdm_cli.training.trainer import (
     PairedData,
     TrainConfig,
     checkpoint_path,
@@ -169,7 +169,7 @@ def test_cli_export_only_writes_the_checkpoints_ema_scored_on_its_held_out_pairs
     stopped early), scored on the run's own held-out split; without --resume: exit 2."""
     import json
 
-    from cvdm_cli.trainer import load_checkpoint
+    from cvdm_cli.training.trainer import load_checkpoint
 
     lr_dir, hr_dir = _write_pairs(tmp_path / "pairs", 5)
     run = tmp_path / "run.safetensors"

@@ -1,4 +1,4 @@
-"""Pooling the sample variance (cvdm_cli.variance): identities, units, axes, and that it
+"""Pooling the sample variance (cvdm_cli.core.variance): identities, units, axes, and that it
 estimates a known variance map better than the per-pixel sample variance."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from cvdm_cli.variance import DEFAULT_VARIANCE_SMOOTHING, pool_variance
+from cvdm_cli.core.variance import DEFAULT_VARIANCE_SMOOTHING, pool_variance
 
 
 def test_zero_sigma_is_the_identity_and_a_constant_map_stays_constant() -> None:

@@ -1,4 +1,4 @@
-"""Dihedral views (cvdm_cli.views) and test-time augmentation in both samplers.
+"""Dihedral views (cvdm_cli.sampling.views) and test-time augmentation in both samplers.
 
 The TTA identity checked here: with ``tta``, sample k is the sample k of a plain run on
 view k % 8 of the input (same seed), mapped back. The noise of a sample depends on its
@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from cvdm_cli import views
-from cvdm_cli.sampler import reconstruct
-from cvdm_cli.tiled import reconstruct_plane
+from cvdm_cli.sampling import views
+from cvdm_cli.sampling.api import reconstruct
+from cvdm_cli.sampling.plane import reconstruct_plane
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -99,7 +99,7 @@ def test_reconstruct_plane_tta_sample_k_is_view_k(tiny_model, tiling, shape, til
 
 
 def _plan(model, shape, tile):
-    from cvdm_cli.tiled import plan_for
+    from cvdm_cli.sampling.plane import plan_for
 
     return plan_for(model, shape, tile, 8)
 

@@ -7,7 +7,7 @@ import torch
 
 from cvdm_cli import load_weights, reconstruct, save_weights
 from cvdm_cli.errors import InvalidWeightsError, UnsafeWeightsFormatError
-from cvdm_cli.weights import read_metadata
+from cvdm_cli.io.weights import read_metadata
 
 
 def test_roundtrip_bit_identical(tiny_model, tiny_weights):

@@ -335,7 +335,7 @@ CacheDirOpt = Annotated[
 ]
 
 # --- scale-out options (shared by `cvdm enhance` and `cvdm uncertainty`; docs/cluster.md) ---
-# Any of them routes the batch to cvdm_cli.cluster (Dask, the optional `cluster` extra);
+# Any of them routes the batch to cvdm_cli.run.cluster (Dask, the optional `cluster` extra);
 # without them nothing of Dask is imported.
 
 WorkersOpt = Annotated[

@@ -1,7 +1,7 @@
 """``cvdm enhance`` and ``cvdm uncertainty``: files and folders in, 2x outputs out.
 
 Both share one set of option definitions (``cvdm_cli.cli.common``) and one driver
-(:func:`_run`); the work is :func:`cvdm_cli.pipeline.run_batch`. stdout carries only data
+(:func:`_run`); the work is :func:`cvdm_cli.run.run_batch`. stdout carries only data
 (``--json`` lines, the dry-run plan, uncertainty figures); progress bars, notes, errors
 and the summary table go to stderr. torch is imported inside the command, never at import
 time, so ``cvdm enhance --help`` stays fast.
@@ -74,11 +74,12 @@ from cvdm_cli.cli.common import (
     stderr,
     stdout,
 )
-from cvdm_cli.variance import DEFAULT_VARIANCE_SMOOTHING
-from cvdm_cli.views import TTA_DEFAULT
+from cvdm_cli.core.variance import DEFAULT_VARIANCE_SMOOTHING
+from cvdm_cli.sampling.views import TTA_DEFAULT
 
 if TYPE_CHECKING:  # pragma: no cover
-    from cvdm_cli.pipeline import BatchResult, FileJob, FileResult, Reporter
+    from cvdm_cli.run.batch import BatchResult, FileResult, Reporter
+    from cvdm_cli.run.inputs import FileJob
 
 
 def register(app: typer.Typer) -> None:
@@ -204,7 +205,7 @@ def uncertainty(
 def _resolve_model(spec: str | None, cache_dir: Path | None, quiet: bool) -> Any:
     """--model -> a verified local file (download bar on stderr); notes an unpinned hf://."""
     from cvdm_cli.cli.models_cmd import _download_progress
-    from cvdm_cli.registry import resolve_model
+    from cvdm_cli.hub.registry import resolve_model
 
     with _download_progress(spec or "default model") as callback:
         resolved = resolve_model(spec, cache_dir=cache_dir, progress=callback)
@@ -255,15 +256,19 @@ def _run(
     gpus: str | None = None,
     scheduler: str | None = None,
 ) -> None:
-    from cvdm_cli import pipeline
-    from cvdm_cli.devices import pick_device, pick_precision
+    from cvdm_cli.core.devices import default_tile, pick_device, pick_precision
+    from cvdm_cli.run.batch import run_batch
+    from cvdm_cli.run.inputs import DEFAULT_GLOBS, discover_inputs, prepare_output_dir
+    from cvdm_cli.run.models import get_model
+    from cvdm_cli.run.plane import check_tiling
+    from cvdm_cli.run.settings import EnhanceSettings, ModelRef
 
     if not inputs:
         raise errors.ConfigError("no inputs given", hint="name TIFF files or folders")
     apply_threads(threads)
 
-    def make_settings(tile_used: int | None, precision_used: str) -> pipeline.EnhanceSettings:
-        return pipeline.EnhanceSettings(
+    def make_settings(tile_used: int | None, precision_used: str) -> EnhanceSettings:
+        return EnhanceSettings(
             samples=samples,
             steps=steps,
             sampler=sampler.value,
@@ -313,33 +318,33 @@ def _run(
             stderr.print("note: --dry-run plans on this machine; no Dask cluster is used")
     torch_device = pick_device(device)
     precision_used = pick_precision(precision.value, torch_device)
-    jobs = pipeline.discover_inputs(
+    jobs = discover_inputs(
         inputs,
-        globs=tuple(glob) if glob else pipeline.DEFAULT_GLOBS,
+        globs=tuple(glob) if glob else DEFAULT_GLOBS,
         recursive=recursive,
         output_dir=output,
     )
     resolved = _resolve_model(model, cache_dir, quiet or json_out)
-    ref = pipeline.ModelRef(
+    ref = ModelRef(
         path=str(resolved.path),
         device=str(torch_device),
         name=resolved.name,
         sha256=resolved.sha256 or "",
     )
-    net = pipeline.get_model(ref)
+    net = get_model(ref)
     if tile is None:
-        tile_used: int | None = pipeline.default_tile(net, torch_device, items=min(samples, 8))
+        tile_used: int | None = default_tile(net, torch_device, items=min(samples, 8))
     else:
         tile_used = tile or None  # --tile 0: whole planes
     settings = make_settings(tile_used, precision_used)
     settings.validate()
-    pipeline.check_tiling(settings, net)
+    check_tiling(settings, net)
     if output is not None and not dry_run:
-        pipeline.prepare_output_dir(output)
+        prepare_output_dir(output)
 
     reporter = _make_reporter(mode, quiet=quiet, json_out=json_out, dry_run=dry_run)
     with reporter:
-        batch = pipeline.run_batch(jobs, settings, ref, reporter=reporter, dry_run=dry_run)
+        batch = run_batch(jobs, settings, ref, reporter=reporter, dry_run=dry_run)
     _finish(batch, mode=mode, quiet=quiet, json_out=json_out)
 
 
@@ -363,32 +368,36 @@ def _run_cluster(
     gpus: str | None,
     scheduler: str | None,
 ) -> None:
-    """The batch on Dask workers (cvdm_cli.cluster): --workers, --gpus or --scheduler.
+    """The batch on Dask workers (cvdm_cli.run.cluster): --workers, --gpus or --scheduler.
 
     The device, precision and --tile default are resolved on a worker (the client may be a
     login node without a GPU); the client reads only file headers and writes the outputs.
     """
     # importing cluster raises errors.MissingExtraError without the `cluster` extra (exit 2)
-    from cvdm_cli import cluster, pipeline
+    from cvdm_cli.run import cluster
+    from cvdm_cli.run.inputs import DEFAULT_GLOBS, discover_inputs, prepare_output_dir
+    from cvdm_cli.run.models import get_model
+    from cvdm_cli.run.plane import check_tiling
+    from cvdm_cli.run.settings import ModelRef
 
     options = cluster.cluster_options(
         workers=workers, gpus=gpus, scheduler=scheduler, device=device
     )
     assert options is not None
-    jobs = pipeline.discover_inputs(
+    jobs = discover_inputs(
         inputs,
-        globs=tuple(glob) if glob else pipeline.DEFAULT_GLOBS,
+        globs=tuple(glob) if glob else DEFAULT_GLOBS,
         recursive=recursive,
         output_dir=output,
     )
     resolved = _resolve_model(model, cache_dir, quiet or json_out)
     # a CPU copy for the geometry (scale, size divisor): bad --tile values fail before any
     # worker starts
-    net = pipeline.get_model(pipeline.ModelRef(path=str(resolved.path), device="cpu"))
+    net = get_model(ModelRef(path=str(resolved.path), device="cpu"))
     if tile:
-        pipeline.check_tiling(make_settings(tile, "fp32"), net)
+        check_tiling(make_settings(tile, "fp32"), net)
     if output is not None:
-        pipeline.prepare_output_dir(output)
+        prepare_output_dir(output)
 
     def say(message: str) -> None:  # stderr, so also with --json
         if not quiet:
@@ -415,7 +424,7 @@ def _run_cluster(
         )
         settings = make_settings(setup.tile or None, setup.precision)  # --tile 0: whole planes
         settings.validate()
-        pipeline.check_tiling(settings, net)
+        check_tiling(settings, net)
         reporter = _make_reporter(
             mode, quiet=quiet, json_out=json_out, dry_run=False, distributed=True
         )
@@ -432,7 +441,7 @@ def _make_reporter(
     """distributed: planes of several files complete in any order, so the planes bar
     counts all planes of the batch (growing as files are opened) and there is no
     per-plane sampling bar."""
-    from cvdm_cli.pipeline import Reporter
+    from cvdm_cli.run.batch import Reporter
 
     class RichReporter(Reporter):
         """Progress bars and per-file lines on stderr; JSON lines / figures on stdout."""
@@ -606,7 +615,7 @@ def _print_summary(batch: BatchResult) -> None:
         )
     table.add_row("device", f"{batch.device} ({batch.precision})")
     table.add_row("model", escape(batch.model))
-    if getattr(batch, "cluster", ""):  # cvdm_cli.cluster.ClusterBatchResult
+    if getattr(batch, "cluster", ""):  # cvdm_cli.run.cluster.ClusterBatchResult
         table.add_row("cluster", escape(batch.cluster))
         for w in getattr(batch, "workers", []):
             rate = w.megapixels_per_second

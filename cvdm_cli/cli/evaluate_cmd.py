@@ -24,8 +24,8 @@ from cvdm_cli.cli.common import (
     stderr,
     stdout,
 )
-from cvdm_cli.variance import DEFAULT_VARIANCE_SMOOTHING
-from cvdm_cli.views import TTA_DEFAULT
+from cvdm_cli.core.variance import DEFAULT_VARIANCE_SMOOTHING
+from cvdm_cli.sampling.views import TTA_DEFAULT
 
 
 def evaluate(
@@ -102,8 +102,8 @@ def evaluate(
 
     def body() -> None:
         apply_threads(threads)
-        from cvdm_cli.devices import pick_device, pick_precision
-        from cvdm_cli.evaluate import evaluate as run_evaluation
+        from cvdm_cli.core.devices import pick_device, pick_precision
+        from cvdm_cli.evaluation.evaluate import evaluate as run_evaluation
 
         dev = pick_device(device)
         precision_used = pick_precision(precision.value, dev)
@@ -154,13 +154,14 @@ def evaluate(
 
 def _resolve(spec: str | None) -> str:
     """A local .safetensors path for ``--model`` (registry names and hf:// refs resolved)."""
-    from cvdm_cli.registry import resolve_model
+    from cvdm_cli.hub.registry import resolve_model
 
     return str(resolve_model(spec).path)
 
 
 class _ProgressBar:
-    """rich bars on stderr for the "tune-rl" and "evaluate" events of cvdm_cli.evaluate."""
+    """rich bars on stderr for the "tune-rl" and "evaluate" events of
+    cvdm_cli.evaluation.evaluate."""
 
     def __init__(self, disabled: bool) -> None:
         from rich.progress import (

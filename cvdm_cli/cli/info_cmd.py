@@ -37,7 +37,7 @@ def _version(dist: str) -> str | None:
 def _devices() -> list[dict[str, Any]]:
     import torch
 
-    from cvdm_cli.devices import cpu_has_native_bf16
+    from cvdm_cli.core.devices import cpu_has_native_bf16
 
     found: list[dict[str, Any]] = [
         {
@@ -72,7 +72,7 @@ def _devices() -> list[dict[str, Any]]:
 
 def _models(cache_dir: Path | None) -> tuple[str | None, list[dict[str, Any]], str | None]:
     """(registry path, one dict per model, error line or None)."""
-    from cvdm_cli.registry import default_registry_path, load_registry, model_status
+    from cvdm_cli.hub.registry import default_registry_path, load_registry, model_status
 
     path = str(default_registry_path())
     try:
@@ -101,7 +101,7 @@ def collect(cache_dir: Path | None = None) -> dict[str, Any]:
     import torch
 
     from cvdm_cli import __version__
-    from cvdm_cli.devices import pick_device, pick_precision
+    from cvdm_cli.core.devices import pick_device, pick_precision
 
     auto = pick_device("auto")
     cuda = torch.version.cuda
@@ -119,7 +119,7 @@ def collect(cache_dir: Path | None = None) -> dict[str, Any]:
         "auto_precision": pick_precision("auto", auto),
     }
     try:
-        from cvdm_cli import hub
+        from cvdm_cli.hub import hf as hub
 
         data["cache_dir"] = str(hub.cache_root(cache_dir))
         data["hub_endpoint"] = hub.endpoint()

@@ -36,7 +36,7 @@ from cvdm_cli.cli.common import (
 )
 
 if TYPE_CHECKING:  # pragma: no cover
-    from cvdm_cli.registry import ResolvedModel
+    from cvdm_cli.hub.registry import ResolvedModel
 
 models_app = typer.Typer(
     name="models",
@@ -107,7 +107,7 @@ def _download_progress(label: str) -> Iterator[Callable[[int, int | None], None]
 
 
 def _resolve(spec: str | None, *, cache_dir: Path | None, force: bool = False) -> ResolvedModel:
-    from cvdm_cli.registry import load_registry, resolve_model
+    from cvdm_cli.hub.registry import load_registry, resolve_model
 
     registry = None if spec is not None and spec.startswith("hf://") else load_registry()
     label = spec or (registry.default_name if registry is not None else "model")
@@ -134,7 +134,7 @@ def list_models(
     """List the registry's models: default mark, source, size, cached and verified state."""
 
     def body() -> None:
-        from cvdm_cli.registry import load_registry, model_status
+        from cvdm_cli.hub.registry import load_registry, model_status
 
         statuses = [model_status(entry, cache_dir=cache_dir) for entry in load_registry()]
         if as_json:
@@ -168,7 +168,7 @@ def info(
     """Show everything the registry knows about a model, and where its file is."""
 
     def body() -> None:
-        from cvdm_cli.registry import load_registry, model_status
+        from cvdm_cli.hub.registry import load_registry, model_status
 
         status = model_status(load_registry().get(name), cache_dir=cache_dir)
         data = status.to_dict()
@@ -218,7 +218,7 @@ def pull(
     """Download models into the hub cache and verify their sha256 (then they work offline)."""
 
     def body() -> None:
-        from cvdm_cli.registry import load_registry
+        from cvdm_cli.hub.registry import load_registry
 
         specs = list(names or [])
         if all_models:
@@ -256,7 +256,7 @@ def verify(
     """Re-hash local model files against weights.toml; exit 1 on any mismatch."""
 
     def body() -> None:
-        from cvdm_cli.registry import load_registry, verify_entry
+        from cvdm_cli.hub.registry import load_registry, verify_entry
 
         registry = load_registry()
         entries = [registry.get(n) for n in names] if names else list(registry)

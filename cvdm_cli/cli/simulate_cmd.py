@@ -58,7 +58,7 @@ def simulate(
     """Simulate N widefield/SIM training pairs with randomised optics, camera and signal."""
 
     def body() -> None:
-        from cvdm_cli.simulation import check_dataset_options, simulate_dataset
+        from cvdm_cli.training.simulation import check_dataset_options, simulate_dataset
 
         fixed = {
             "na": na,
@@ -136,7 +136,7 @@ def simulate(
 def parse_photons_range(text: str) -> tuple[float, float]:
     """'LOW:HIGH' -> (low, high); ConfigError naming the option on anything else."""
     from cvdm_cli.errors import ConfigError
-    from cvdm_cli.simulation import check_photons_range
+    from cvdm_cli.training.simulation import check_photons_range
 
     parts = text.split(":")
     try:

@@ -15,7 +15,7 @@ from cvdm_cli.cli.common import ThreadsOpt, apply_threads, run_guarded, stderr, 
 from cvdm_cli.errors import ConfigError
 
 if TYPE_CHECKING:
-    from cvdm_cli.model import CVDM
+    from cvdm_cli.core.model import CVDM
 
 
 def train(
@@ -109,10 +109,10 @@ def train(
     def body() -> None:
         apply_threads(threads)
 
-        from cvdm_cli.config import ModelConfig
-        from cvdm_cli.devices import pick_device
-        from cvdm_cli.trainer import PairedData, TrainConfig
-        from cvdm_cli.trainer import train as run_training
+        from cvdm_cli.core.config import ModelConfig
+        from cvdm_cli.core.devices import pick_device
+        from cvdm_cli.training.trainer import PairedData, TrainConfig
+        from cvdm_cli.training.trainer import train as run_training
 
         if not out.name.endswith(".safetensors"):
             raise ConfigError(
@@ -157,7 +157,7 @@ def train(
         data_info: dict[str, object] = {"command": shlex.join(["cvdm", *sys.argv[1:]])}
         init_model = None
         if resume is not None:
-            from cvdm_cli.trainer import checkpoint_configs
+            from cvdm_cli.training.trainer import checkpoint_configs
 
             model_config, _ = checkpoint_configs(resume)  # metadata only; train() loads it
         elif init is not None:
@@ -228,7 +228,7 @@ def _export_only(
 ) -> None:
     """Write a checkpoint's EMA weights to ``out``; with --lr/--hr, score them first on the
     pairs the run held out (the checkpoint's own split: its seed and validation share)."""
-    from cvdm_cli.trainer import PairedData, checkpoint_configs, export_checkpoint
+    from cvdm_cli.training.trainer import PairedData, checkpoint_configs, export_checkpoint
 
     if resume is None:
         raise ConfigError(
@@ -250,7 +250,7 @@ def _export_only(
             seed=cfg.seed,
         )
     export_checkpoint(resume, out, data=data)
-    from cvdm_cli.weights import read_metadata
+    from cvdm_cli.io.weights import read_metadata
 
     info = json.loads(read_metadata(out)["cvdm.info"])
     summary = {
@@ -276,7 +276,7 @@ def _simulate(
 ) -> None:
     from rich.progress import Progress
 
-    from cvdm_cli.simulation import simulate_dataset
+    from cvdm_cli.training.simulation import simulate_dataset
 
     with Progress(console=stderr, disable=quiet, transient=True) as progress:
         task = progress.add_task("simulating pairs", total=n)
@@ -294,8 +294,8 @@ def _simulate(
 
 def _load_init(spec: str) -> tuple[CVDM, dict[str, object]]:
     """The weights ``--init`` names, and a record of them for the new model's metadata."""
-    from cvdm_cli.registry import resolve_model
-    from cvdm_cli.weights import load_weights
+    from cvdm_cli.hub.registry import resolve_model
+    from cvdm_cli.io.weights import load_weights
 
     resolved = resolve_model(spec)
     model = load_weights(resolved.path)

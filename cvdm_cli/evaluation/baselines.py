@@ -14,13 +14,14 @@ numpy and scikit-image only (no torch).
   reflect-padded by the PSF size (so the zero padding of the convolution does not darken the
   borders), deconvolved, cropped and mapped back.
 - PSFs: the widefield PSF on the upsampled grid comes from the simulation parameters
-  (``cvdm_cli.simulation.widefield_psf_2d``), from a file the user gives, or — only when asked
+  (``cvdm_cli.training.simulation.widefield_psf_2d``), from a file the user gives, or —
+  only when asked
   with ``psf_sigma_nm`` or when no simulation parameters exist — a Gaussian approximation of
   the in-focus widefield PSF, sigma = 0.21 * lambda_em / NA (Zhang et al., Appl. Opt. 2007).
   Optical PSFs (not user files) are convolved with the footprint of one input camera pixel
   (a box ``scale`` output pixels wide): the upsampled input was integrated over those pixels.
 - :func:`tune_rl_iterations`: the number of RL iterations that maximises the mean PSNR
-  (fair-comparison PSNR, ``cvdm_cli.metrics``) on validation images.
+  (fair-comparison PSNR, ``cvdm_cli.core.metrics``) on validation images.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from cvdm_cli.metrics import fair_scores
+from cvdm_cli.core.metrics import fair_scores
 
 __all__ = [
     "DEFAULT_RL_GRID",

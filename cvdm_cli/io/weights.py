@@ -21,9 +21,9 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from cvdm_cli.config import ModelConfig
+from cvdm_cli.core.config import ModelConfig
+from cvdm_cli.core.model import CVDM
 from cvdm_cli.errors import InputNotFoundError, InvalidWeightsError, UnsafeWeightsFormatError
-from cvdm_cli.model import CVDM
 
 FORMAT_VERSION = "1"
 PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".h5", ".hdf5", ".pkl", ".pickle", ".bin", ".keras")

@@ -16,12 +16,12 @@
 
 :func:`resolve_model` turns a ``--model`` value (a registry name, a local ``.safetensors``
 path, or ``hf://owner/repo/path/file.safetensors[@revision]``) into a local, checksummed
-file. Downloads, the hub cache and sha256 verification live in :mod:`cvdm_cli.hub`, the
+file. Downloads, the hub cache and sha256 verification live in :mod:`cvdm_cli.hub.hf`, the
 only module that imports huggingface_hub; it is imported lazily here so that reading the
 registry costs nothing.
 
-Maintainers: ``python -m cvdm_cli.registry update-sha NAME`` (re)computes the sha256 of a
-model's file and writes it into weights.toml; ``python -m cvdm_cli.registry check``
+Maintainers: ``python -m cvdm_cli.hub.registry update-sha NAME`` (re)computes the sha256 of a
+model's file and writes it into weights.toml; ``python -m cvdm_cli.hub.registry check``
 validates the file.
 
 Only the standard library is imported at module level.
@@ -46,14 +46,14 @@ else:  # pragma: no cover - Python 3.10 needs the tomli backport (same API)
     import tomli as tomllib
 
 if TYPE_CHECKING:  # pragma: no cover
-    from cvdm_cli.hub import HubFile
+    from cvdm_cli.hub.hf import HubFile
 
 # Formats that unpickle (run code) on load: refused everywhere, whatever the source.
 PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".h5", ".hdf5", ".pkl", ".pickle", ".bin", ".keras")
 WEIGHTS_SUFFIX = ".safetensors"
 
 REGISTRY_ENV = "CVDM_REGISTRY"  # an alternative weights.toml (e.g. a facility's own models)
-PACKAGE_DIR = Path(__file__).resolve().parent
+PACKAGE_DIR = Path(__file__).resolve().parent.parent  # cvdm_cli/: weights.toml and models/
 PACKAGED_REGISTRY = PACKAGE_DIR / "weights.toml"
 
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
@@ -282,7 +282,7 @@ def _parse_entry(name: str, table: Any, base: Path, label: str) -> ModelEntry:
             raise _bad(label, name, key, f"unknown field (known: {known})")
     for key in _REQUIRED:
         if key not in table:
-            hint = f"write it with `python -m cvdm_cli.registry update-sha {name}`"
+            hint = f"write it with `python -m cvdm_cli.hub.registry update-sha {name}`"
             raise _bad(label, name, key, "missing", hint if key == "sha256" else None)
 
     description = _text(table, "description", name, label)
@@ -410,7 +410,7 @@ def _suffix(name: str) -> str:
 
 @dataclass(frozen=True)
 class ResolvedModel:
-    """A model ready to load with ``cvdm_cli.weights.load_weights(resolved.path)``.
+    """A model ready to load with ``cvdm_cli.io.weights.load_weights(resolved.path)``.
 
     Attributes:
         name: registry name, or the file stem (local) / ``hf://`` spec (hub).
@@ -449,7 +449,7 @@ ProgressCallback = Callable[[int, "int | None"], None]  # (bytes done, bytes tot
 
 def parse_hf_spec(spec: str) -> HubFile:
     """``hf://owner/repo/path/file.safetensors[@revision]`` -> :class:`hub.HubFile`."""
-    from cvdm_cli.hub import HubFile
+    from cvdm_cli.hub.hf import HubFile
 
     usage = "expected hf://owner/repo/path/file.safetensors[@revision]"
     body = spec[len("hf://") :]
@@ -538,7 +538,7 @@ def resolve_entry(
     force: bool = False,
 ) -> ResolvedModel:
     """Resolve a registry entry (see :func:`resolve_model`)."""
-    from cvdm_cli import hub
+    from cvdm_cli.hub import hf as hub
 
     if isinstance(entry.source, PackageSource):
         path = entry.source.file
@@ -595,7 +595,7 @@ def _resolve_hf(
     progress: ProgressCallback | None,
     force: bool,
 ) -> ResolvedModel:
-    from cvdm_cli import hub
+    from cvdm_cli.hub import hf as hub
 
     file = parse_hf_spec(spec)
     fetched = hub.fetch(
@@ -615,7 +615,7 @@ def _resolve_hf(
 
 
 def _resolve_local(spec: str) -> ResolvedModel:
-    from cvdm_cli import hub
+    from cvdm_cli.hub import hf as hub
 
     path = Path(spec).expanduser()
     _check_format(path.name, spec)
@@ -671,7 +671,7 @@ class ModelStatus:
 
 
 def _local_file(entry: ModelEntry, cache_dir: Path | None) -> Path | None:
-    from cvdm_cli import hub
+    from cvdm_cli.hub import hf as hub
 
     if isinstance(entry.source, PackageSource):
         return entry.source.file if entry.source.file.is_file() else None
@@ -683,7 +683,7 @@ def model_status(
     entry: ModelEntry, *, cache_dir: str | os.PathLike[str] | None = None
 ) -> ModelStatus:
     """The :class:`ModelStatus` of a registry entry (no network, no hashing)."""
-    from cvdm_cli import hub
+    from cvdm_cli.hub import hf as hub
 
     cache = Path(cache_dir).expanduser() if cache_dir is not None else None
     path = _local_file(entry, cache)
@@ -712,7 +712,7 @@ def verify_entry(
     entry: ModelEntry, *, cache_dir: str | os.PathLike[str] | None = None
 ) -> VerifyResult:
     """Re-hash a model's local file (ignoring markers) and compare with the registry."""
-    from cvdm_cli import hub
+    from cvdm_cli.hub import hf as hub
 
     cache = Path(cache_dir).expanduser() if cache_dir is not None else None
     path = _local_file(entry, cache)
@@ -723,7 +723,7 @@ def verify_entry(
     return VerifyResult(entry, "ok" if actual == entry.sha256 else "mismatch", path, actual)
 
 
-# --- maintainer commands: python -m cvdm_cli.registry ... -------------------------------
+# --- maintainer commands: python -m cvdm_cli.hub.registry ... -------------------------------
 
 
 def write_sha256(name: str, sha256: str, registry_path: Path) -> Path:
@@ -770,8 +770,8 @@ def write_sha256(name: str, sha256: str, registry_path: Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m cvdm_cli.registry {check,update-sha,sha256}`` (maintainers)."""
-    parser = argparse.ArgumentParser(prog="python -m cvdm_cli.registry", description=__doc__)
+    """``python -m cvdm_cli.hub.registry {check,update-sha,sha256}`` (maintainers)."""
+    parser = argparse.ArgumentParser(prog="python -m cvdm_cli.hub.registry", description=__doc__)
     parser.add_argument(
         "--registry", type=Path, default=None, help="weights.toml (default: the packaged one)"
     )
@@ -784,7 +784,7 @@ def main(argv: list[str] | None = None) -> int:
     hsh.add_argument("file", type=Path)
     args = parser.parse_args(argv)
 
-    from cvdm_cli import hub
+    from cvdm_cli.hub import hf as hub
 
     path = args.registry if args.registry is not None else default_registry_path()
     try:

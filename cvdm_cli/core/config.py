@@ -18,7 +18,7 @@ from cvdm_cli.errors import ConfigError, UnknownPresetError
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Everything needed to build a :class:`cvdm_cli.model.CVDM`.
+    """Everything needed to build a :class:`cvdm_cli.core.model.CVDM`.
 
     Denoiser (SR3-style U-Net predicting eps from concat(z_t, x), conditioned on the
     per-pixel gamma map):

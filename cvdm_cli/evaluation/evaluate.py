@@ -17,7 +17,7 @@ For every pair (``lr/<stem>.tif``, ``hr/<stem>.tif``, HR exactly ``scale`` x LR)
 The LR is normalised for the model with the model's own percentiles (1, 99.8 by default)
 to [-1, 1] and the outputs mapped back to input units. Every method is then scored against
 the HR with the CSBDeep fair comparison (percentile-normalised target, least-squares scale
-and offset of the prediction; see ``cvdm_cli.metrics``). cvdm samples go through the same
+and offset of the prediction; see ``cvdm_cli.core.metrics``). cvdm samples go through the same
 affine map as their mean, so the std and the interval coverage are in the target's units.
 
 Cost: the fast sampler makes ``samples x steps`` denoiser passes per image, the reference
@@ -46,14 +46,21 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from cvdm_cli import baselines, metrics
+from cvdm_cli.core import metrics
+from cvdm_cli.core.normalize import NormParams, denormalize, percentile_normalize
+from cvdm_cli.core.variance import (
+    DEFAULT_VARIANCE_SMOOTHING,
+    check_variance_smoothing,
+    pool_variance,
+)
 from cvdm_cli.errors import (
     ConfigError,
     DataError,
     InputNotFoundError,
     MissingExtraError,
 )
-from cvdm_cli.evaluate_report import (
+from cvdm_cli.evaluation import baselines
+from cvdm_cli.evaluation.report import (
     CSV_COLUMNS,
     EvaluationReport,
     FigureWriter,
@@ -61,17 +68,11 @@ from cvdm_cli.evaluate_report import (
     prepare_out,
     write_reports,
 )
-from cvdm_cli.normalize import NormParams, denormalize, percentile_normalize
-from cvdm_cli.passes import resolve_passes  # torch-free, like the imports above
-from cvdm_cli.variance import (
-    DEFAULT_VARIANCE_SMOOTHING,
-    check_variance_smoothing,
-    pool_variance,
-)
-from cvdm_cli.views import TTA_DEFAULT
+from cvdm_cli.sampling.passes import resolve_passes  # torch-free, like the imports above
+from cvdm_cli.sampling.views import TTA_DEFAULT
 
 if TYPE_CHECKING:  # pragma: no cover
-    from cvdm_cli.model import CVDM
+    from cvdm_cli.core.model import CVDM
 
 __all__ = [
     "CSV_COLUMNS",
@@ -192,14 +193,14 @@ def load_params(*folders: str | os.PathLike[str]) -> dict[str, dict[str, Any]]:
 
 def read_plane(path: Path) -> np.ndarray:
     """The single YX plane of a TIFF as float64 (H, W)."""
-    from cvdm_cli.tiff import read_single_plane
+    from cvdm_cli.io.tiff import read_single_plane
 
     return read_single_plane(path, dtype=np.float64, purpose="evaluation pairs")
 
 
 def _pixel_nm(path: Path) -> float | None:
     """The x pixel size of a TIFF in nm from its metadata (header only), or None."""
-    from cvdm_cli.tiff import open_tiff
+    from cvdm_cli.io.tiff import open_tiff
 
     with open_tiff(path) as tif:
         if tif.pixel_size is None or tif.unit not in _NM_PER_UNIT:
@@ -214,8 +215,8 @@ _NM_PER_UNIT = {"nm": 1.0, "µm": 1e3, "mm": 1e6}
 
 
 def _load_model(model_or_path: CVDM | str | os.PathLike[str], device: str) -> CVDM:
-    from cvdm_cli.model import CVDM
-    from cvdm_cli.weights import load_weights
+    from cvdm_cli.core.model import CVDM
+    from cvdm_cli.io.weights import load_weights
 
     if isinstance(model_or_path, CVDM):
         return model_or_path
@@ -314,7 +315,7 @@ class _PSFs:
 
 def _read_psf(path: Path) -> np.ndarray:
     """All planes of a PSF TIFF, (Z, Y, X) or (Y, X), float64."""
-    from cvdm_cli.tiff import open_tiff
+    from cvdm_cli.io.tiff import open_tiff
 
     with open_tiff(path) as tif:
         planes = [np.asarray(p, dtype=np.float64) for p in tif.iter_planes()]
@@ -322,9 +323,9 @@ def _read_psf(path: Path) -> np.ndarray:
 
 
 def _simulation_psf() -> Callable[[Mapping[str, Any], float], np.ndarray] | None:
-    """``widefield_psf_2d`` of :mod:`cvdm_cli.simulation` on a params.json entry."""
+    """``widefield_psf_2d`` of :mod:`cvdm_cli.training.simulation` on a params.json entry."""
     try:
-        from cvdm_cli import simulation
+        from cvdm_cli.training import simulation
     except ImportError:  # pragma: no cover - the module ships with the package
         return None
 
@@ -475,7 +476,7 @@ def _sample(
     """cvdm samples (K, H, W) mapped back to input units, and the seconds they took."""
     import torch
 
-    from cvdm_cli.sampler import reconstruct
+    from cvdm_cli.sampling.api import reconstruct
 
     k = run.samples if sampler == "fast" else run.reference_samples
     t0 = time.perf_counter()
@@ -655,17 +656,17 @@ def evaluate(
         sampler_seed: sampler noise only (test image i uses sampler_seed + i), so that
             the same split and baselines can be rescored with other draws; default ``seed``.
         antithetic: draw the samples in antithetic pairs, as ``cvdm enhance --antithetic``
-            (:func:`cvdm_cli.sampler.noise_mate`).
+            (:func:`cvdm_cli.sampling.noise.noise_mate`).
         passes: split the fast sampler's steps into passes that restart from t_max, as
             ``cvdm enhance --passes`` (a count or the steps per pass; None: passes of 2 steps).
         tta: draw sample k from view k % 8 of the input (flips and quarter turns,
-            :mod:`cvdm_cli.views`), as ``cvdm enhance`` does by default.
+            :mod:`cvdm_cli.sampling.views`), as ``cvdm enhance`` does by default.
         variance_smoothing: Gaussian sigma (output pixels) over which the sample variance
             is pooled before its std is scored and drawn, as ``cvdm enhance`` writes it
-            (:mod:`cvdm_cli.variance`); 0 scores the per-pixel sample std.
+            (:mod:`cvdm_cli.core.variance`); 0 scores the per-pixel sample std.
         device: where a model loaded from a path goes ("cpu", "cuda", ...).
         precision: the denoiser's autocast, "fp32", "bf16" or "fp16" (resolved already:
-            :func:`cvdm_cli.devices.pick_precision`); schedule and updates stay float32.
+            :func:`cvdm_cli.core.devices.pick_precision`); schedule and updates stay float32.
         progress: called with :class:`ProgressEvent` ("tune-rl", then "evaluate").
     Raises:
         DataError (unpaired files, HR not exactly scale x LR, bad params.json),
@@ -735,7 +736,7 @@ def evaluate(
     if "reference" in samplers:
         n_ref = len(test) if reference_limit is None else max(0, min(reference_limit, len(test)))
 
-    from cvdm_cli.sampler import count_steps
+    from cvdm_cli.sampling.schedules import count_steps
 
     run = _Run(
         model=model,
@@ -832,7 +833,7 @@ def evaluate(
 
 def _fast_grid_power() -> float:
     """The fast sampler's time-grid power (read at run time: benchmarks may set it)."""
-    from cvdm_cli import sampler
+    from cvdm_cli.sampling import schedules as sampler
 
     return float(sampler.FAST_GRID_POWER)
 

@@ -14,7 +14,7 @@ margin, so the bicubic condition of a tile equals the whole plane's). Per plane:
    keeps unit variance (averaging independent per-tile noise would shrink it);
 3. mean and variance over samples by Welford, in chunks of samples.
 
-With ``tta`` sample k is drawn from view k % 8 of the plane (:mod:`cvdm_cli.views`): the
+With ``tta`` sample k is drawn from view k % 8 of the plane (:mod:`cvdm_cli.sampling.views`): the
 views of one shape share a tile plan, their per-tile maps are computed per view, as many
 views at once as fill a batch with tiles, and each finished sample is mapped back before
 step 3.
@@ -31,24 +31,15 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from cvdm_cli import views
+from cvdm_cli.core.devices import auto_batch_size, autocast_context
+from cvdm_cli.core.model import CVDM
+from cvdm_cli.core.tiling import TilePlan, plan_tiles, tile_seed, tile_weights, weight_sum
 from cvdm_cli.errors import ConfigError
-from cvdm_cli.model import CVDM
-from cvdm_cli.passes import PassesSpec, resolve_passes
-from cvdm_cli.sampler import (
-    NoiseSource,
-    ProgressCallback,
-    auto_batch_size,
-    autocast_context,
-    count_steps,
-    make_eps_fn,
-    make_schedules,
-    noise_mate,
-    resolve_eta,
-    run_passes,
-    sample_view,
-)
-from cvdm_cli.tiling import TilePlan, plan_tiles, tile_seed, tile_weights, weight_sum
+from cvdm_cli.sampling import views
+from cvdm_cli.sampling.noise import NoiseSource, noise_mate, sample_view
+from cvdm_cli.sampling.passes import PassesSpec, resolve_passes
+from cvdm_cli.sampling.schedules import count_steps, make_schedules, resolve_eta
+from cvdm_cli.sampling.steps import ProgressCallback, make_eps_fn, run_passes
 
 TILINGS = ("sync", "independent")
 SAMPLE_CHUNK = 8  # samples held as planes at once (memory ~ SAMPLE_CHUNK planes)
@@ -203,10 +194,10 @@ def reconstruct_plane(
     tile/overlap in output pixels (tile=None: the whole plane at once). ``batch_size``
     counts tile-samples per denoiser call (default from the device). ``callback(done,
     total)`` in tile-sample passes. ``tta``: sample k is drawn from view k % 8 of the plane
-    (:mod:`cvdm_cli.views`) and mapped back; the noise of sample k does not depend on it.
+    (:mod:`cvdm_cli.sampling.views`) and mapped back; the noise of sample k does not depend on it.
     ``antithetic``: sample 2j + 1 draws the negated noise of sample 2j, in the same view
-    (:func:`cvdm_cli.sampler.noise_mate`). ``passes``: restarts from t_max
-    (:func:`cvdm_cli.sampler.run_passes`; None: passes of 2 steps).
+    (:func:`cvdm_cli.sampling.noise.noise_mate`). ``passes``: restarts from t_max
+    (:func:`cvdm_cli.sampling.steps.run_passes`; None: passes of 2 steps).
     """
     if tiling not in TILINGS:
         raise ConfigError(

@@ -4,7 +4,7 @@ The learned schedule does not reach zero signal: gamma(t_max, x) is about 0.04 f
 trained models, so during training z_T still holds sqrt(0.04) = 0.2 of the residual r,
 while a sampler that starts from N(0, 1) offers none. Each pass after the first restarts
 from the previous pass's residual noised back with the training marginal,
-z_T = sqrt(g_T) r + sqrt(1 - g_T) eps (:func:`cvdm_cli.sampler.run_passes`;
+z_T = sqrt(g_T) r + sqrt(1 - g_T) eps (:func:`cvdm_cli.sampling.steps.run_passes`;
 docs/sampling.md). A plan is the list of steps per pass; it always adds up to --steps, so
 passes cost no extra denoiser calls. Torch-free, so the CLI can parse it without torch.
 

@@ -31,12 +31,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from cvdm_cli.config import ModelConfig
-from cvdm_cli.devices import AUTOCAST_DTYPES, pick_precision
-from cvdm_cli.diffusion import LossTerms, cvdm_losses
+from cvdm_cli.core.config import ModelConfig
+from cvdm_cli.core.devices import AUTOCAST_DTYPES, pick_precision
+from cvdm_cli.core.diffusion import LossTerms, cvdm_losses
+from cvdm_cli.core.model import CVDM
+from cvdm_cli.core.normalize import percentile_normalize
 from cvdm_cli.errors import DataError, InputNotFoundError, InvalidWeightsError
-from cvdm_cli.model import CVDM
-from cvdm_cli.normalize import percentile_normalize
 
 CHECKPOINT_FORMAT = "cvdm-train-1"
 
@@ -82,7 +82,7 @@ def learning_rate(step: int, cfg: TrainConfig) -> float:
 
 def read_image(path: Path) -> np.ndarray:
     """The single YX plane of a training TIFF as float32 (H, W)."""
-    from cvdm_cli.tiff import read_single_plane
+    from cvdm_cli.io.tiff import read_single_plane
 
     return read_single_plane(path, dtype=np.float32, purpose="training pairs")
 
@@ -368,7 +368,7 @@ def psnr(pred: np.ndarray, target: np.ndarray, data_range: float = 2.0) -> float
 def validate(model: CVDM, pairs: Sequence[Pair], cfg: TrainConfig) -> dict[str, float]:
     """Mean PSNR (normalised units, range 2) of the fast sampler vs bicubic on val pairs
     (the first ``cfg.val_images``, or all when it is 0)."""
-    from cvdm_cli.sampler import reconstruct
+    from cvdm_cli.sampling.api import reconstruct
 
     if not pairs:
         return {}
@@ -497,7 +497,7 @@ def export_weights(
     device: str,
 ) -> Path:
     """Write the EMA weights with a self-describing training record in the metadata."""
-    from cvdm_cli.weights import save_weights
+    from cvdm_cli.io.weights import save_weights
 
     ema = state.ema
     ema.info = {

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from cvdm_cli.config import ModelConfig
+from cvdm_cli.core.config import ModelConfig
 
 
 def _inv_softplus(y: float) -> float:

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from cvdm_cli.model import CVDM
+from cvdm_cli.core.model import CVDM
 
 
 def _per_sample(t: Tensor) -> Tensor:

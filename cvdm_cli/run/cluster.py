@@ -6,15 +6,15 @@ single-process pipeline's, spread by ``dask.distributed``:
 
 - unit of work: :func:`process_planes`, a pure, picklable function of (input path, plane
   indices, EnhanceSettings, ModelRef) run on a worker; it calls
-  :func:`cvdm_cli.pipeline.process_plane` for each plane (one by default, or a group of
+  :func:`cvdm_cli.run.process_plane` for each plane (one by default, or a group of
   planes of one file) and returns their arrays. Noise is seeded by (seed, plane, tile,
   sample), never by worker or order, so outputs are bit-identical to a single-process run
   on the same kind of device.
 - workers read inputs from shared storage and load the model once (:class:`ModelPlugin`
-  warms :func:`cvdm_cli.pipeline.get_model`'s per-process cache on every worker, also on
+  warms :func:`cvdm_cli.run.get_model`'s per-process cache on every worker, also on
   workers that join or restart later).
 - the client alone writes outputs (:func:`run_batch_distributed`): each output file is an
-  :class:`cvdm_cli.tiff.OutputTiff` (a hidden ``.<name>.partial-<pid>`` file in the
+  :class:`cvdm_cli.io.tiff.OutputTiff` (a hidden ``.<name>.partial-<pid>`` file in the
   destination folder), filled plane by plane as results arrive in any order, and renamed
   into place only when all its planes are written. A failed file, Ctrl-C (or SIGTERM, see
   :func:`terminate_as_interrupt`) deletes the partial files; a client killed outright
@@ -67,21 +67,22 @@ except ImportError as exc:  # the optional extra is missing (or broken)
         hint='install it with: pip install "cvdm-cli[cluster]"',
     ) from None
 
-from cvdm_cli import pipeline
-from cvdm_cli.pipeline import (
+from cvdm_cli.core.devices import default_tile
+from cvdm_cli.io.tiff import OutputTiff, open_tiff
+from cvdm_cli.run.batch import (
     BatchResult,
-    EnhanceSettings,
-    FileJob,
     FileResult,
-    ModelRef,
-    PlaneOutput,
     Reporter,
-    clear_model_cache,
-    get_model,
-    process_plane,
+    _add_timings,
+    _describe,
+    _error_text,
 )
-from cvdm_cli.tiff import OutputTiff, open_tiff
-from cvdm_cli.tiled import plan_for
+from cvdm_cli.run.inputs import FileJob, prepare_output_dir
+from cvdm_cli.run.models import clear_model_cache, get_model
+from cvdm_cli.run.outputs import _open_outputs, _skip_or_refuse, _StdStats, _write_plane
+from cvdm_cli.run.plane import PlaneOutput, check_tiling, process_plane
+from cvdm_cli.run.settings import EnhanceSettings, ModelRef
+from cvdm_cli.sampling.plane import plan_for
 
 __all__ = [
     "ClusterBatchResult",
@@ -446,7 +447,7 @@ def _whoami() -> tuple[str, str]:
 class TaskResult:
     """What one :func:`process_planes` task returns.
 
-    outputs: one PlaneOutput per plane (input units, see pipeline.PlaneOutput), or empty
+    outputs: one PlaneOutput per plane (input units, see PlaneOutput), or empty
     when ``error`` (an expected per-file failure, one line) is set. seconds: the task's
     wall time on the worker.
     """
@@ -464,7 +465,7 @@ def process_planes(
     settings: EnhanceSettings,
     model_ref: ModelRef,
 ) -> TaskResult:
-    """Run :func:`cvdm_cli.pipeline.process_plane` for planes ``indices`` of ``path``.
+    """Run :func:`cvdm_cli.run.process_plane` for planes ``indices`` of ``path``.
 
     Pure and picklable (runs on a Dask worker): the same arguments give the same arrays.
     A CvdmError (an expected, per-file failure) is returned in ``error`` instead of raised,
@@ -548,7 +549,7 @@ def _probe(
 ) -> dict[str, Any] | _ErrorValue:
     """On one worker: resolve --device / --precision and the --tile default there (the
     client may be a login node without a GPU) and load the model once."""
-    from cvdm_cli.devices import pick_device, pick_precision
+    from cvdm_cli.core.devices import pick_device, pick_precision
 
     try:
         if not os.path.isfile(path):
@@ -561,9 +562,7 @@ def _probe(
         dev = pick_device(device)
         prec = pick_precision(precision, dev)
         model = get_model(ModelRef(path=path, device=str(dev)))
-        tile_used = (
-            pipeline.default_tile(model, dev, items=min(samples, 8)) if tile is None else tile
-        )
+        tile_used = default_tile(model, dev, items=min(samples, 8)) if tile is None else tile
     except errors.CvdmError as exc:
         return _ErrorValue.of(exc)
     worker, host = _whoami()
@@ -597,7 +596,7 @@ def prepare_workers(
     """Wait for a worker, resolve device/precision/tile on it, and load the model on all.
 
     ``tile`` None asks the worker for the default from its device (see
-    ``pipeline.default_tile``); one value is then used everywhere, since the tile decides
+    ``default_tile``); one value is then used everywhere, since the tile decides
     the noise and so the result. Raises the worker's CvdmError (e.g. errors.DeviceError
     for --device cuda on CPU workers, errors.UnknownModelError when the workers cannot
     read the model file).
@@ -665,7 +664,7 @@ class WorkerStats:
 
 @dataclass
 class ClusterBatchResult(BatchResult):
-    """A :class:`cvdm_cli.pipeline.BatchResult` plus the cluster and per-worker figures.
+    """A :class:`cvdm_cli.run.BatchResult` plus the cluster and per-worker figures.
 
     Files run concurrently here, so the throughput is input megapixels / wall seconds.
     """
@@ -692,7 +691,7 @@ class _OrderedStd:
     order the planes arrive in, so that the float64 sums equal a single-process run's."""
 
     def __init__(self, total_pixels: int, threshold: float | None) -> None:
-        self.stats = pipeline._StdStats(total_pixels, threshold)
+        self.stats = _StdStats(total_pixels, threshold)
         self.parts: dict[int, tuple[float, int, int, np.ndarray]] = {}
 
     def add(self, index: int, std: np.ndarray) -> None:
@@ -786,20 +785,18 @@ class _Run:
         started = time.perf_counter()
         stack = contextlib.ExitStack()
         try:
-            if pipeline._skip_or_refuse(job, outputs, settings) == "skip":
+            if _skip_or_refuse(job, outputs, settings) == "skip":
                 result.status = "skipped"
                 result.reason = "outputs exist (pass --overwrite to redo)"
                 self._finish(order, result)
                 return None
             with open_tiff(job.input, axes=settings.axes) as inp:  # the header only
-                pipeline._describe(result, inp, self.scale)
+                _describe(result, inp, self.scale)
                 ny, nx = inp.plane_shape
                 plan = plan_for(self.net, inp.plane_shape, settings.tile, settings.overlap)
                 result.tiles = len(plan.tiles)
-                pipeline.prepare_output_dir(job.out_dir)
-                writers = pipeline._open_outputs(
-                    stack, inp, outputs, settings, self.scale, self.ref
-                )
+                prepare_output_dir(job.out_dir)
+                writers = _open_outputs(stack, inp, outputs, settings, self.scale, self.ref)
                 n = inp.n_planes
         except Exception as exc:
             stack.close()
@@ -834,7 +831,7 @@ class _Run:
             result.error = exc
         else:
             result.exception = exc
-            result.error = pipeline._error_text(exc)
+            result.error = _error_text(exc)
             if not isinstance(exc, (errors.CvdmError, OSError, MemoryError)):
                 result.traceback = tb or traceback.format_exc()
         result.seconds = time.perf_counter() - started
@@ -867,7 +864,7 @@ class _Run:
         except Exception as exc:
             self._fail(f, exc)
             return
-        pipeline._add_timings(f.result.timings, {"write": time.perf_counter() - t})
+        _add_timings(f.result.timings, {"write": time.perf_counter() - t})
         self._close(f)
         f.result.uncertainty = f.std.result()
         f.result.seconds = time.perf_counter() - f.started
@@ -969,10 +966,10 @@ class _Run:
             result.notices.extend(out.notices)
             for message in out.notices:
                 self.rep.notice(message)
-            pipeline._add_timings(result.timings, out.timings)
+            _add_timings(result.timings, out.timings)
             t = time.perf_counter()
-            pipeline._write_plane(f.writers, out, out.index)
-            pipeline._add_timings(result.timings, {"write": time.perf_counter() - t})
+            _write_plane(f.writers, out, out.index)
+            _add_timings(result.timings, {"write": time.perf_counter() - t})
             spread = out.spread
             std = spread if self.settings.spread == "std" else np.sqrt(np.maximum(spread, 0))
             f.std.add(out.index, std)
@@ -1021,7 +1018,7 @@ def run_batch_distributed(
     (default: twice the workers' threads + 2), files in order, so that only a few output
     files are open at a time. ``retries``: reruns of a task that raised an unexpected
     exception (a lost worker is handled by Dask and does not count). Events go to
-    ``reporter`` as in :func:`cvdm_cli.pipeline.run_batch` (planes complete in any order;
+    ``reporter`` as in :func:`cvdm_cli.run.run_batch` (planes complete in any order;
     no per-step ``sampling`` events). Ctrl-C cancels the tasks, deletes partial outputs
     and returns with ``interrupted=True``.
     """
@@ -1037,7 +1034,7 @@ def run_batch_distributed(
         retries=retries,
         window=window,
     )
-    pipeline.check_tiling(settings, run.net)
+    check_tiling(settings, run.net)
     batch = ClusterBatchResult(
         files=[],
         seconds=0.0,

@@ -25,7 +25,7 @@ standard deviation by ``|alpha| * std``)
 ---------------------------------------------------------------------------------------
 - The std map scored is what ``cvdm enhance`` writes when ``smoothing`` is given: the
   square root of the sample variance pooled over a Gaussian of that many pixels
-  (:mod:`cvdm_cli.variance`); ``smoothing=0`` scores the per-pixel sample std.
+  (:mod:`cvdm_cli.core.variance`); ``smoothing=0`` scores the per-pixel sample std.
 - Spearman rank correlation between per-pixel std and absolute error. Even a perfectly
   calibrated sampler does not reach 1: its error is a random draw with that std, and
   ``|N(0, s^2)|`` spreads widely at every ``s``. :func:`calibrated_spearman` estimates
@@ -53,7 +53,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from cvdm_cli.variance import pool_variance
+from cvdm_cli.core.variance import pool_variance
 
 __all__ = [
     "FairScores",
@@ -362,7 +362,7 @@ def uncertainty_scores(
         truth: (H, W). All three in the same units (e.g. after the fair-comparison fit).
         std is the per-pixel sample standard deviation (ddof=1), or with ``smoothing`` > 0
         the square root of the sample variance pooled over a Gaussian of that sigma in
-        pixels (:func:`cvdm_cli.variance.pool_variance`, what ``cvdm enhance`` writes);
+        pixels (:func:`cvdm_cli.core.variance.pool_variance`, what ``cvdm enhance`` writes);
         the coverages use the samples themselves. AUSE uses ``min(n_bins, pixels)``
         fractions.
     """

@@ -2,7 +2,7 @@
 
 Image formation of one pair (lengths in nm unless stated):
 
-1. Ground truth: a fluorophore density on a fine 3D grid (:mod:`cvdm_cli.structures`):
+1. Ground truth: a fluorophore density on a fine 3D grid (:mod:`cvdm_cli.training.structures`):
    lateral pitch ``lr_pixel_nm / 4`` (half the HR pixel), 7 planes over a 600 nm slab
    (``SLAB_Z_NM``), plus a margin of >= 1.2 µm around the field so that no light wraps
    around in the FFT convolution.
@@ -59,9 +59,9 @@ from typing import Any
 
 import numpy as np
 
-from cvdm_cli import structures
 from cvdm_cli._version import __version__
 from cvdm_cli.errors import ConfigError, MissingExtraError, OutputExistsError
+from cvdm_cli.training import structures
 
 SLAB_Z_NM: tuple[float, ...] = (-300.0, -200.0, -100.0, 0.0, 100.0, 200.0, 300.0)
 MARGIN_NM = 1200.0  # field margin against FFT wrap-around of out-of-focus light
@@ -617,7 +617,7 @@ def simulate_pair(
 
 def _write_tiff(path: Path, array: np.ndarray, pixel_nm: float) -> None:
     """ImageJ-compatible TIFF with the pixel size in µm, written atomically."""
-    # TODO(lead): switch to cvdm_cli.tiff
+    # TODO(lead): switch to cvdm_cli.io.tiff
     import tifffile
 
     um = pixel_nm / 1000.0

@@ -3,7 +3,8 @@
 :class:`EvaluationReport` holds the scores and renders them as CSV, JSON and markdown;
 :func:`write_reports` writes those files atomically; :class:`FigureWriter` draws one PNG per
 image (input | bicubic | RL | cvdm | truth | std | abs error) and a summary figure, with
-matplotlib (the optional ``figures`` extra). The scoring itself is in ``cvdm_cli.evaluate``.
+matplotlib (the optional ``figures`` extra). The scoring itself is in
+``cvdm_cli.evaluation.evaluate``.
 """
 
 from __future__ import annotations
