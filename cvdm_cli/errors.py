@@ -2,9 +2,9 @@
 
 Every expected failure is a subclass of :class:`CvdmError`. Each carries the thing it is
 about (``path``: a file, a model name, ...), what went wrong (``message``) and what the
-user can do (``hint``). The CLI turns them into one line
-``error: <path>: <message> — <hint>`` and an exit code, from one table in
-``cvdm_cli.cli.common``; the library itself never prints.
+user can do (``hint``). :func:`describe` turns any exception into that one line
+(``<path>: <message> — <hint>``); the CLI prints it as ``error: ...`` with an exit code
+from one table in ``cvdm_cli.cli.common``; the library itself never prints.
 
 Only the standard library is imported here.
 """
@@ -139,3 +139,26 @@ class DeviceOutOfMemoryError(DeviceError):
 
 class MissingExtraError(CvdmError):
     """An optional dependency (extra) is needed for this feature and is not installed."""
+
+
+# --- exceptions -> text --------------------------------------------------------------
+
+
+def is_expected(exc: BaseException) -> bool:
+    """True for failures the one line of :func:`describe` fully explains (a CvdmError, an
+    OSError, running out of memory); anything else is a bug whose traceback is kept."""
+    return isinstance(exc, (CvdmError, OSError, MemoryError))
+
+
+def describe(exc: BaseException) -> str:
+    """One line describing ``exc`` for a user, no traceback: ``<path>: <message> — <hint>``
+    for a CvdmError, ``<file>: <strerror>`` for an OSError, and a line asking for a
+    ``--debug`` rerun and a report for anything unexpected."""
+    if isinstance(exc, CvdmError):
+        return exc.one_line()
+    if isinstance(exc, MemoryError):
+        return "out of memory — use a smaller --tile or --batch-size"
+    if isinstance(exc, OSError) and exc.strerror:
+        where = f"{exc.filename}: " if exc.filename else ""
+        return f"{where}{exc.strerror}"
+    return f"unexpected {type(exc).__name__}: {exc} — rerun with --debug and report it"

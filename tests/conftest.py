@@ -82,3 +82,16 @@ def tiny_weights(tmp_path_factory, tiny_model):
     path = tmp_path_factory.mktemp("weights") / "tiny.safetensors"
     save_weights(tiny_model, path, note="test fixture")
     return path
+
+
+def sample_plane(model, plane, *, plane_index=0, callback=None, return_samples=False, **fields):
+    """The one sampling driver with settings given as keywords, defaulting to a whole
+    plane without TTA (the defaults these tests were written for)."""
+    from cvdm_cli.sampling.plane import reconstruct_plane
+    from cvdm_cli.sampling.settings import SamplerSettings
+
+    settings = SamplerSettings(**{"tile": None, "tta": False, **fields})
+    return reconstruct_plane(
+        model, plane, settings, plane_index=plane_index, callback=callback,
+        return_samples=return_samples,
+    )  # fmt: skip

@@ -10,11 +10,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import cvdm
+from conftest import cvdm, sample_plane
 
 from cvdm_cli import reconstruct
 from cvdm_cli.sampling.noise import NoiseSource, noise_mate, sample_view
-from cvdm_cli.sampling.plane import reconstruct_plane
 
 
 def test_mates_and_views():
@@ -48,11 +47,11 @@ def test_pair_residuals_cancel_in_tiles(tiny_model, tiling):
     lr = np.random.default_rng(1).normal(size=(24, 20)).astype(np.float32)
     kw = dict(samples=4, steps=3, tile=16, overlap=8, tiling=tiling, tta=True,
               return_samples=True)  # fmt: skip
-    rec = reconstruct_plane(tiny_model, lr, antithetic=True, **kw)
+    rec = sample_plane(tiny_model, lr, antithetic=True, **kw)
     s = rec.samples
     np.testing.assert_allclose(s[0] + s[1], s[2] + s[3], atol=1e-5)
     np.testing.assert_allclose(rec.mean, (s[0] + s[1]) / 2, atol=1e-5)
-    plain = reconstruct_plane(tiny_model, lr, **kw).samples
+    plain = sample_plane(tiny_model, lr, **kw).samples
     assert np.abs(plain[0] + plain[1] - plain[2] - plain[3]).max() > 0.1
     # the first sample of a pair is the independent run's sample 0 (same seed and view)
     np.testing.assert_array_equal(s[0], plain[0])

@@ -167,10 +167,10 @@ def _rows(path: Path) -> list[dict[str, str]]:
 
 
 def test_evaluate_end_to_end_numbers_and_files(tmp_path: Path, model_path: Path) -> None:
-    from cvdm_cli.core.normalize import denormalize, percentile_normalize
     from cvdm_cli.evaluation.evaluate import CSV_COLUMNS, evaluate
     from cvdm_cli.io.weights import load_weights
-    from cvdm_cli.sampling.api import reconstruct
+    from cvdm_cli.run.plane import enhance_plane
+    from cvdm_cli.run.settings import EnhanceSettings
 
     data = tmp_path / "data"
     _write_pairs(data)
@@ -207,7 +207,7 @@ def test_evaluate_end_to_end_numbers_and_files(tmp_path: Path, model_path: Path)
 
     # every number is the fair score of what the method produced, recomputed here
     model = load_weights(model_path)
-    for index, stem in enumerate(stems):
+    for stem in stems:
         lr = tifffile.imread(data / "lr" / f"{stem}.tif").astype(np.float64)
         hr = tifffile.imread(data / "hr" / f"{stem}.tif").astype(np.float64)
         by = {r["method"]: r for r in rows if r["stem"] == stem}
@@ -215,12 +215,12 @@ def test_evaluate_end_to_end_numbers_and_files(tmp_path: Path, model_path: Path)
         assert float(by["bicubic"]["psnr"]) == pytest.approx(bic.psnr, rel=1e-9)
         assert float(by["bicubic"]["ssim"]) == pytest.approx(bic.ssim, rel=1e-9)
         assert by["bicubic"]["spearman"] == ""  # no uncertainty for a baseline
-        x, norm = percentile_normalize(lr, 1.0, 99.8)
-        gen = torch.Generator().manual_seed(7 + index)
-        rec = reconstruct(
-            model, x, samples=3, steps=3, generator=gen, return_samples=True, tta=True
-        )
-        s = denormalize(rec.samples, norm).astype(np.float64)
+        # cvdm: what `cvdm enhance --seed 7 --samples 3 --steps 3` computes for the LR file
+        # (its plane 0, the file's dtype), whatever the image's place in the list
+        raw = tifffile.imread(data / "lr" / f"{stem}.tif")
+        settings = EnhanceSettings(samples=3, steps=3, seed=7, save_samples=True)
+        out = enhance_plane(model, raw, 0, settings, label=stem)
+        s = out.samples.astype(np.float64)
         fair = metrics.fair_scores(s.mean(axis=0), hr)
         # the std scored is the pooled one cvdm enhance writes (settings: the default sigma)
         sigma = report.settings["variance_smoothing"]
@@ -520,3 +520,50 @@ def test_tta_changes_only_the_cvdm_draws_and_is_reported(tmp_path: Path, model_p
             assert tta_scores[key] != value  # sample 1 comes from a quarter turn
         else:
             assert tta_scores[key] == value
+
+
+def test_save_predictions_are_byte_identical_to_cvdm_enhance(
+    tmp_path: Path, model_path: Path
+) -> None:
+    """`cvdm evaluate --save-predictions` writes, for every scored LR file, exactly the
+    files `cvdm enhance` writes for it with the same model, seed and settings, and the
+    scores in the report are the scores of those files."""
+    from typer.testing import CliRunner
+
+    from cvdm_cli.cli.app import app
+
+    _write_pairs(tmp_path / "d", n=3)
+    lr_dir, hr_dir = tmp_path / "d" / "lr", tmp_path / "d" / "hr"
+    common = ["--model", str(model_path), "--samples", "3", "--steps", "4", "--seed", "5",
+              "--device", "cpu", "--precision", "fp32"]  # fmt: skip
+    runner = CliRunner()
+    ev = runner.invoke(app, [
+        "evaluate", "--lr", str(lr_dir), "--hr", str(hr_dir), *common, "--no-reference",
+        "--rl-iterations", "3", "--quiet", "--out", str(tmp_path / "r"),
+        "--save-predictions", str(tmp_path / "pred"), "--no-figures",
+    ])  # fmt: skip
+    assert ev.exit_code == 0, ev.output
+    en = runner.invoke(app, ["enhance", str(lr_dir), "-o", str(tmp_path / "enh"), *common, "-q"])
+    assert en.exit_code == 0, en.output
+    predicted = sorted(p.name for p in (tmp_path / "pred").iterdir())
+    assert predicted == sorted(
+        f"pair_{i}{suffix}.tif" for i in range(3) for suffix in ("_cvdm", "_cvdm_var")
+    )
+    for name in predicted:
+        assert (tmp_path / "pred" / name).read_bytes() == (tmp_path / "enh" / name).read_bytes()
+    rows = {
+        r["stem"]: r for r in _rows(tmp_path / "r" / "metrics.csv") if r["method"] == "cvdm_fast"
+    }
+    for stem, row in rows.items():
+        mean = tifffile.imread(tmp_path / "pred" / f"{stem}_cvdm.tif").astype(np.float64)
+        hr = tifffile.imread(hr_dir / f"{stem}.tif").astype(np.float64)
+        assert float(row["psnr"]) == pytest.approx(metrics.fair_scores(mean, hr).psnr, rel=1e-5)
+    # another seed draws other samples (the seed reaches the files)
+    other = runner.invoke(app, [
+        "evaluate", "--lr", str(lr_dir), "--hr", str(hr_dir), *common[:-6], "--seed", "6",
+        "--device", "cpu", "--no-reference", "--rl-iterations", "3", "--quiet",
+        "--save-predictions", str(tmp_path / "pred6"),
+    ])  # fmt: skip
+    assert other.exit_code == 0, other.output
+    a = (tmp_path / "pred" / "pair_0_cvdm.tif").read_bytes()
+    assert (tmp_path / "pred6" / "pair_0_cvdm.tif").read_bytes() != a

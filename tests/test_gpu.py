@@ -78,13 +78,13 @@ def test_cuda_fp32_matches_cpu(shipped, lowres, sampler):
 @pytest.mark.parametrize("sampler", ["fast", "reference"])
 def test_cuda_tiled_tta_matches_cpu(shipped, lowres, sampler):
     """reconstruct_plane with TTA, tiles and both samplers: the CUDA path equals the CPU's."""
-    from cvdm_cli.sampling.plane import reconstruct_plane
+    from conftest import sample_plane
 
     plane = np.ascontiguousarray(lowres[:, :40])  # non-square: transposed views, other plans
 
     def run(device: str):
         model = shipped.to(device)
-        return reconstruct_plane(
+        return sample_plane(
             model, plane, tile=64, overlap=16, samples=3, steps=4, sampler=sampler,
             seed=2, tta=True,
         )  # fmt: skip

@@ -29,7 +29,7 @@ from typer.testing import CliRunner
 from cvdm_cli import errors
 from cvdm_cli.cli.app import app
 from cvdm_cli.hub import hf as hub
-from cvdm_cli.hub import registry
+from cvdm_cli.hub import registry, verify
 
 REPO = Path(__file__).resolve().parents[1]
 REPO_ID = "lab/cvdm-test"
@@ -142,8 +142,9 @@ def test_second_pull_makes_no_request_and_no_rehash(hub_env, published, monkeypa
     hub_env.hub.clear_log()
 
     hashed: list[str] = []
-    real = hub.sha256_file
-    monkeypatch.setattr(hub, "sha256_file", lambda p: hashed.append(str(p)) or real(p))
+    real = verify.sha256_file
+    for module in (hub, verify):  # downloads hash in hf, cached files in verify
+        monkeypatch.setattr(module, "sha256_file", lambda p: hashed.append(str(p)) or real(p))
     second = registry.resolve_model(NAME, registry=published.registry)
     assert not second.downloaded and second.verified and second.path == first.path
     assert hub_env.hub.count() == 0  # pinned and cached: not even a HEAD

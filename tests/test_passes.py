@@ -8,12 +8,11 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import cvdm
+from conftest import cvdm, sample_plane
 
 from cvdm_cli.errors import ConfigError
 from cvdm_cli.sampling.api import reconstruct
 from cvdm_cli.sampling.passes import resolve_passes, split_steps
-from cvdm_cli.sampling.plane import reconstruct_plane
 from cvdm_cli.sampling.steps import run_passes, run_steps
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -166,16 +165,16 @@ def test_reconstruct_with_passes_same_calls_seeded_and_batch_invariant(tiny_mode
 def test_tiled_plane_with_passes_seeded_and_checked(tiny_model):
     plane = np.random.default_rng(1).standard_normal((16, 16)).astype(np.float32)
     kw = {"samples": 2, "steps": 4, "seed": 3, "return_samples": True}
-    a = reconstruct_plane(tiny_model, plane, passes="1,3", **kw)
-    b = reconstruct_plane(tiny_model, plane, passes="1,3", **kw)
-    c = reconstruct_plane(tiny_model, plane, **kw)
+    a = sample_plane(tiny_model, plane, passes="1,3", **kw)
+    b = sample_plane(tiny_model, plane, passes="1,3", **kw)
+    c = sample_plane(tiny_model, plane, **kw)
     np.testing.assert_array_equal(a.samples, b.samples)
     assert not np.allclose(a.samples, c.samples)
-    indep = reconstruct_plane(tiny_model, plane, passes=2, tile=16, overlap=8,
+    indep = sample_plane(tiny_model, plane, passes=2, tile=16, overlap=8,
                               tiling="independent", **kw)  # fmt: skip
     assert indep.samples.shape == a.samples.shape
     with pytest.raises(ConfigError):
-        reconstruct_plane(tiny_model, plane, passes=5, **kw)
+        sample_plane(tiny_model, plane, passes=5, **kw)
 
 
 # --- the command line ----------------------------------------------------------------------

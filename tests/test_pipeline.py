@@ -11,19 +11,20 @@ import numpy as np
 import pytest
 import tifffile
 import torch
+from conftest import sample_plane
 from scipy.ndimage import gaussian_filter
 
 from cvdm_cli import errors
 from cvdm_cli.core.devices import activation_bytes_per_pixel, default_tile
 from cvdm_cli.core.normalize import percentile_normalize
 from cvdm_cli.core.variance import DEFAULT_VARIANCE_SMOOTHING
+from cvdm_cli.io.tiff import open_tiff
 from cvdm_cli.run import plane as run_plane
-from cvdm_cli.run.batch import Reporter, enhance_file, run_batch
+from cvdm_cli.run.batch import FileResult, Reporter, enhance_file, run_batch
 from cvdm_cli.run.inputs import FileJob, discover_inputs
 from cvdm_cli.run.models import get_model
 from cvdm_cli.run.plane import check_tiling, process_plane
 from cvdm_cli.run.settings import EnhanceSettings, ModelRef
-from cvdm_cli.sampling.plane import reconstruct_plane
 
 FAST = EnhanceSettings(samples=2, steps=2, tile=256, overlap=32)
 
@@ -168,7 +169,7 @@ def test_process_plane_is_pure_picklable_and_in_input_units(tmp_path, ref):
     # the same numbers by hand: normalise with the model's percentiles, sample, map back
     model = get_model(ref)
     norm, p = percentile_normalize(data[1], model.config.norm_low, model.config.norm_high)
-    rec = reconstruct_plane(
+    rec = sample_plane(
         model,
         norm,
         tile=256,
@@ -206,13 +207,13 @@ def test_model_is_loaded_once_per_process(ref):
 def test_out_of_memory_halves_batch_then_tile(tmp_path, ref, monkeypatch):
     path = write_tiff(tmp_path / "p.tif", image((40, 36)), "YX")
     calls = []
-    real = reconstruct_plane
+    real = run_plane.reconstruct_plane
 
-    def fake(model, plane, *, batch_size=None, tile=None, **kw):
-        calls.append((batch_size, tile))
-        if batch_size is None or batch_size > 2:
+    def fake(model, plane, settings, **kw):
+        calls.append((settings.batch_size, settings.tile))
+        if settings.batch_size is None or settings.batch_size > 2:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB")
-        return real(model, plane, batch_size=batch_size, tile=tile, **kw)
+        return real(model, plane, settings, **kw)
 
     monkeypatch.setattr(run_plane, "reconstruct_plane", fake)
     told = []
@@ -221,8 +222,8 @@ def test_out_of_memory_halves_batch_then_tile(tmp_path, ref, monkeypatch):
     assert out.settings.batch_size == 2 and out.mean.shape == (80, 72)
     assert len(told) == 2 and "retrying with --batch-size 4" in told[0]
 
-    def always(model, plane, *, batch_size=None, tile=None, **kw):
-        calls.append((batch_size, tile))
+    def always(model, plane, settings, **kw):
+        calls.append((settings.batch_size, settings.tile))
         raise RuntimeError("CUDA error: out of memory")
 
     monkeypatch.setattr(run_plane, "reconstruct_plane", always)
@@ -233,7 +234,7 @@ def test_out_of_memory_halves_batch_then_tile(tmp_path, ref, monkeypatch):
     # halved to 40, then to 32 (the smallest), with batch 1
     assert calls == [(2, 128), (1, 128), (1, 40), (1, 32)]
 
-    def other_error(model, plane, **kw):
+    def other_error(model, plane, settings, **kw):
         raise RuntimeError("something else")
 
     monkeypatch.setattr(run_plane, "reconstruct_plane", other_error)
@@ -272,6 +273,43 @@ def test_enhance_file_outputs_units_and_stats(tmp_path, ref):
     assert result.planes == result.planes_done == 2
     assert set(result.timings) >= {"read", "normalise", "sample", "denormalise", "write"}
     assert not list(tmp_path.glob(".*partial*"))
+
+
+def test_file_result_records_shapes_timings_skips_and_failures(tmp_path):
+    path = write_tiff(tmp_path / "c.tif", image((2, 12, 10)), "ZYX", pixel_um=0.2)
+    job = FileJob(input=path, out_dir=tmp_path / "o")
+    result = FileResult.of_job(job, FAST, "done")
+    assert result.outputs == {
+        "mean": str(tmp_path / "o" / "c_cvdm.tif"),
+        "var": str(tmp_path / "o" / "c_cvdm_var.tif"),
+    }
+    with open_tiff(path) as inp:
+        result.describe(inp, 2)
+    assert (result.shape, result.axes, result.planes) == ([2, 12, 10], "ZYX", 2)
+    assert (result.output_shape, result.output_axes) == ([2, 24, 20], "ZYX")
+    assert result.pixel_size == pytest.approx([0.1, 0.1]) and result.unit == "µm"
+    result.add_timings({"read": 1.0, "write": 0.5})
+    result.add_timings({"write": 0.25})
+    assert result.timings == {"read": 1.0, "write": 0.75}
+    result.skip()
+    assert result.status == "skipped"
+    assert result.reason == "outputs exist (pass --overwrite to redo)"
+
+    expected = FileResult.of_job(job, FAST, "done")
+    bad = errors.NotATiffError("not a TIFF", path=path, hint="check it")
+    expected.fail(bad)
+    assert expected.status == "failed" and expected.exception is bad
+    assert expected.error == f"{path}: not a TIFF — check it" and expected.traceback is None
+    unexpected = FileResult.of_job(job, FAST, "done")
+    try:
+        raise ValueError("boom")
+    except ValueError as exc:
+        unexpected.fail(exc)
+    assert unexpected.error == "unexpected ValueError: boom — rerun with --debug and report it"
+    assert "ValueError: boom" in unexpected.traceback
+    given = FileResult.of_job(job, FAST, "done")
+    given.fail("the worker died", tb="kept")
+    assert (given.error, given.exception, given.traceback) == ("the worker died", None, None)
 
 
 def test_skip_existing_partial_outputs_and_overwrite(tmp_path, ref):

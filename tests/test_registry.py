@@ -13,7 +13,7 @@ import pytest
 
 from cvdm_cli import errors
 from cvdm_cli.hub import hf as hub
-from cvdm_cli.hub import registry
+from cvdm_cli.hub import registry, verify
 
 REPO = Path(__file__).resolve().parents[1]
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
@@ -68,6 +68,7 @@ def _private_hf_home(tmp_path, monkeypatch):
 
     monkeypatch.setattr(constants, "HF_HOME", str(tmp_path / "hf_home"))
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf_home" / "hub"))
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))  # markers read it (hub.verify)
     monkeypatch.delenv(registry.REGISTRY_ENV, raising=False)
 
 
@@ -187,8 +188,8 @@ def test_default_package_model_is_verified_and_marked(tmp_path, monkeypatch):
 
     # the marker saves the re-hash on the next run ...
     calls: list[Path] = []
-    real = hub.sha256_file
-    monkeypatch.setattr(hub, "sha256_file", lambda p: calls.append(Path(p)) or real(p))
+    real = verify.sha256_file
+    monkeypatch.setattr(verify, "sha256_file", lambda p: calls.append(Path(p)) or real(p))
     registry.resolve_model("m1", registry=reg)
     assert calls == []
     # ... until the file changes (same size, content flipped): then the hash catches it.
@@ -222,11 +223,9 @@ def test_marker_is_invalidated_by_mtime_and_inode(tmp_path):
 
 
 def test_read_only_marker_dir_only_means_rehashing(tmp_path, monkeypatch):
-    from huggingface_hub import constants
-
     blocker = tmp_path / "not_a_dir"
     blocker.write_text("")
-    monkeypatch.setattr(constants, "HF_HOME", str(blocker))
+    monkeypatch.setenv("HF_HOME", str(blocker))
     f = tmp_path / "x.safetensors"
     f.write_bytes(b"abc")
     assert hub.write_marker(f, "0" * 64) is False

@@ -42,10 +42,10 @@ def test_call_counts(tiny_model, sampler, steps, expected):
     finally:
         for h in handles:
             h.remove()
-    # 2 images x 4 samples in one batch: one denoiser call per step; lambda once (both images
-    # in one call, i.e. once per image).
-    assert counts["denoiser"] == expected
-    assert counts["schedule_net"] == 1
+    # each image is one plane of the driver: its 4 samples (4 TTA views) in one batch, so one
+    # denoiser call per step per image; lambda once per image (all its views in one call)
+    assert counts["denoiser"] == 2 * expected
+    assert counts["schedule_net"] == 2
 
 
 def test_same_seed_same_output_and_batch_size_independent(tiny_model):

@@ -17,15 +17,16 @@ import pytest
 import tifffile
 
 from cvdm_cli import errors
+from cvdm_cli.io.lzw import lzw_decode
 from cvdm_cli.io.tiff import (
     IncompleteOutputError,
     OutputTiff,
     choose_layout,
-    lzw_decode,
     normalize_unit,
     open_tiff,
     output_spec,
     with_samples_axis,
+    write_plane_tiff,
 )
 
 DTYPES = ["uint8", "uint16", "int16", "uint32", "float32", "float64"]
@@ -660,3 +661,36 @@ def test_line_image_refused(tmp_path):
     tifffile.imwrite(path, np.ones((5, 1, 40), np.uint16), photometric="minisblack")
     with pytest.raises(errors.UnsupportedLayoutError, match=r"line\.tif.*(Y|no Y/X)"):
         open_tiff(path)
+
+
+# --- one calibrated plane (simulated training pairs) -----------------------------------
+
+
+@pytest.mark.parametrize("dtype", ["uint16", "float32"])
+def test_write_plane_tiff_is_imagej_with_pixel_size_in_microns(tmp_path, dtype):
+    plane = make_data((24, 20), dtype)
+    path = write_plane_tiff(tmp_path / "p.tif", plane, pixel_nm=62.6)
+    assert [p.name for p in tmp_path.iterdir()] == ["p.tif"]  # no partial file left
+    # the bytes tifffile writes for an ImageJ YX plane with unit=um (what Fiji saves)
+    reference = tmp_path / "ref" / "p.tif"
+    reference.parent.mkdir()
+    um = 62.6 / 1000.0
+    tifffile.imwrite(
+        reference, plane, imagej=True, resolution=(1 / um, 1 / um),
+        metadata={"axes": "YX", "unit": "um"},
+    )  # fmt: skip
+    assert path.read_bytes() == reference.read_bytes()
+    with open_tiff(path) as inp:
+        assert inp.layout == "imagej" and inp.axes == "YX" and inp.dtype == np.dtype(dtype)
+        assert inp.unit == "µm" and inp.pixel_size == pytest.approx((0.0626, 0.0626))
+        np.testing.assert_array_equal(inp.read_plane(0), plane)
+
+
+def test_write_plane_tiff_refuses_what_imagej_cannot_hold(tmp_path):
+    with pytest.raises(ValueError, match="one \\(Y, X\\) plane"):
+        write_plane_tiff(tmp_path / "a.tif", np.zeros((2, 4, 4), np.float32), pixel_nm=50)
+    with pytest.raises(ValueError, match="uint8, uint16 or float32"):
+        write_plane_tiff(tmp_path / "a.tif", np.zeros((4, 4)), pixel_nm=50)
+    with pytest.raises(ValueError, match="positive"):
+        write_plane_tiff(tmp_path / "a.tif", np.zeros((4, 4), np.uint16), pixel_nm=0)
+    assert list(tmp_path.iterdir()) == []

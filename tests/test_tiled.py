@@ -17,9 +17,10 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import sample_plane
 
 from cvdm_cli import CVDM, ModelConfig
-from cvdm_cli.sampling.plane import plan_for, reconstruct_plane, schedule_map_plane
+from cvdm_cli.sampling.plane import plan_for, schedule_map_plane
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -80,7 +81,7 @@ def _seam_ratio(samples: np.ndarray, zone: np.ndarray, inside: np.ndarray) -> fl
 
 def _run(model, plane, **kw):
     kw = {"samples": 8, "steps": 4, "seed": 0, **kw}
-    return reconstruct_plane(model, plane, return_samples=True, **kw)
+    return sample_plane(model, plane, return_samples=True, **kw)
 
 
 def test_seams_sync_smaller_than_independent(smooth_model):
@@ -126,7 +127,7 @@ def test_uncertainty_map_has_no_tile_grid_in_sync_mode(smooth_model):
     zone, inside = _zones(smooth_model, SIDE, TILE, OVERLAP)
 
     def var_ratio(tiling: str) -> float:
-        rec = reconstruct_plane(
+        rec = sample_plane(
             smooth_model, plane, tile=TILE, overlap=OVERLAP, tiling=tiling, samples=16, steps=4
         )
         vx, vy = rec.var.mean(axis=0)[:-1], rec.var.mean(axis=1)[:-1]
@@ -140,21 +141,21 @@ def test_uncertainty_map_has_no_tile_grid_in_sync_mode(smooth_model):
 def test_deterministic_and_batch_independent(tiny_model, tiling):
     plane = np.random.default_rng(2).normal(0, 0.5, (20, 24)).astype(np.float32)
     kw = {"tile": 16, "overlap": 4, "tiling": tiling, "samples": 3, "steps": 2, "seed": 5}
-    a = reconstruct_plane(tiny_model, plane, batch_size=1, **kw)
-    b = reconstruct_plane(tiny_model, plane, batch_size=7, **kw)
+    a = sample_plane(tiny_model, plane, batch_size=1, **kw)
+    b = sample_plane(tiny_model, plane, batch_size=7, **kw)
     assert a.mean.shape == a.var.shape == a.difficulty.shape == (40, 48)
     assert a.mean.dtype == np.float32
     np.testing.assert_array_equal(a.mean, b.mean)
     np.testing.assert_array_equal(a.var, b.var)
-    other_seed = reconstruct_plane(tiny_model, plane, batch_size=1, **{**kw, "seed": 6})
-    other_plane = reconstruct_plane(tiny_model, plane, batch_size=1, plane_index=1, **kw)
+    other_seed = sample_plane(tiny_model, plane, batch_size=1, **{**kw, "seed": 6})
+    other_plane = sample_plane(tiny_model, plane, batch_size=1, plane_index=1, **kw)
     assert not np.array_equal(a.mean, other_seed.mean)
     assert not np.array_equal(a.mean, other_plane.mean)
 
 
 def test_samples_mean_and_variance_agree(tiny_model):
     plane = np.random.default_rng(3).normal(0, 0.5, (12, 10)).astype(np.float32)
-    rec = reconstruct_plane(tiny_model, plane, samples=4, steps=2, return_samples=True)
+    rec = sample_plane(tiny_model, plane, samples=4, steps=2, return_samples=True)
     assert rec.samples.shape == (4, 24, 20)
     np.testing.assert_allclose(rec.mean, rec.samples.mean(axis=0), atol=1e-5)
     np.testing.assert_allclose(rec.var, rec.samples.var(axis=0, ddof=1), rtol=1e-4, atol=1e-5)
@@ -173,7 +174,7 @@ def test_schedule_map_tiled_matches_untiled():
     spread = float(whole.std())
     assert spread > 0
     assert float(np.abs(tiled - whole).mean()) < 0.05 * spread
-    rec = reconstruct_plane(tiny_model, plane, tile=32, overlap=8, samples=1, steps=1)
+    rec = sample_plane(tiny_model, plane, tile=32, overlap=8, samples=1, steps=1)
     np.testing.assert_allclose(rec.difficulty, tiled, atol=1e-6)
 
 

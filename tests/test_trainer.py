@@ -10,17 +10,11 @@ import torch.nn.functional as F
 from conftest import cvdm
 
 from cvdm_cli import ModelConfig, load_weights, reconstruct
+from cvdm_cli.core.metrics import psnr
 from cvdm_cli.errors import DataError, InvalidPixelsError
-from cvdm_cli.training.trainer import (
-    PairedData,
-    TrainConfig,
-    checkpoint_path,
-    make_pair,
-    pair_files,
-    psnr,
-    read_image,
-    train,
-)
+from cvdm_cli.io.pairs import find_pairs
+from cvdm_cli.training.data import PairedData, make_pair, read_image
+from cvdm_cli.training.trainer import TrainConfig, checkpoint_path, train
 
 
 def _pattern_pair(seed: int, lr_size: int = 16) -> tuple[np.ndarray, np.ndarray]:
@@ -82,7 +76,8 @@ def test_tiny_model_overfits_one_pair_and_beats_bicubic(tmp_path):
         generator=torch.Generator().manual_seed(0),
     )
     target = pair.y.numpy()[0]
-    assert psnr(rec.mean, target) > psnr(pair.x.numpy()[0], target) + 1.0
+    # normalised images span [-1, 1]: data range 2, as the trainer's validation scores them
+    assert psnr(rec.mean, target, 2.0) > psnr(pair.x.numpy()[0], target, 2.0) + 1.0
 
 
 def _small_data(tmp_path, n=4):
@@ -140,7 +135,7 @@ def test_data_errors(tmp_path):
     lr_dir, hr_dir = _write_pairs(tmp_path / "a", 2)
     (hr_dir / "p1.tif").rename(hr_dir / "other.tif")
     with pytest.raises(DataError, match="unpaired") as err:
-        pair_files(lr_dir, hr_dir)
+        find_pairs(lr_dir, hr_dir, purpose="training")
     assert "p1.tif" in str(err.value) or "other.tif" in str(err.value)
     cfg = ModelConfig.preset("tiny")
     lr, hr = _pattern_pair(0)
@@ -152,7 +147,7 @@ def test_data_errors(tmp_path):
         empty = tmp_path / "empty"
         (empty / "lr").mkdir(parents=True)
         (empty / "hr").mkdir()
-        pair_files(empty / "lr", empty / "hr")
+        find_pairs(empty / "lr", empty / "hr", purpose="training")
     stack = tmp_path / "stack.tif"
     tifffile.imwrite(stack, np.ones((3, 16, 16), np.float32), imagej=True, metadata={"axes": "ZYX"})
     with pytest.raises(DataError, match=r"has 3 planes.*training pairs are 2D") as err:
@@ -255,3 +250,39 @@ def test_validation_scores_the_requested_number_of_held_out_pairs(tmp_path, val_
     validation = load_weights(tmp_path / "m.safetensors").info["validation"]
     assert validation["val_images"] == scored
     assert np.isfinite(validation["val_psnr"]) and np.isfinite(validation["val_psnr_bicubic"])
+
+
+def test_trainer_keeps_the_data_names_and_scores_psnr_with_core_metrics():
+    """The data helpers live in training/data.py (re-exported by the trainer for one
+    release); the trainer's validation PSNR is core.metrics.psnr with data range 2."""
+    from cvdm_cli.training import data, trainer
+
+    for name in ("Pair", "PairedData", "make_pair", "read_image", "pair_files"):
+        assert getattr(trainer, name) is getattr(data, name)
+    rng = np.random.default_rng(0)
+    a, b = rng.uniform(-1, 1, (2, 1, 8, 8)), rng.uniform(-1, 1, (2, 1, 8, 8))
+    assert trainer.psnr(a, b) == psnr(a, b, 2.0)
+    mse = float(np.mean((a - b) ** 2))
+    assert trainer.psnr(a, b) == pytest.approx(10 * np.log10(4 / mse), rel=1e-12)
+
+
+def test_checkpoint_written_before_the_io_move_still_loads(tmp_path):
+    """A checkpoint is a plain .safetensors file (tensor names and string metadata as
+    save_checkpoint writes them): one written directly with safetensors loads and resumes."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    from cvdm_cli.training.trainer import load_checkpoint, new_state, save_checkpoint
+
+    cfg = TrainConfig(steps=3, batch_size=2, patch=8)
+    state = new_state(ModelConfig.preset("tiny"), cfg, torch.device("cpu"))
+    written = save_checkpoint(tmp_path / "new.ckpt.safetensors", state, cfg)
+    with safe_open(str(written), framework="pt") as f:
+        meta = f.metadata()
+    legacy = tmp_path / "old.ckpt.safetensors"
+    save_file(load_file(str(written)), str(legacy), metadata=meta)  # the old writer's call
+    loaded = load_checkpoint(legacy, cfg, torch.device("cpu"))
+    assert loaded.step == 0 and loaded.model.config == state.model.config
+    for a, b in zip(state.model.parameters(), loaded.model.parameters(), strict=True):
+        assert torch.equal(a.detach(), b)
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]

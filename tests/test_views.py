@@ -10,10 +10,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import sample_plane
 
 from cvdm_cli.sampling import views
 from cvdm_cli.sampling.api import reconstruct
-from cvdm_cli.sampling.plane import reconstruct_plane
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -61,7 +61,9 @@ def test_reconstruct_tta_sample_k_is_view_k(tiny_model, shape):
         )
         np.testing.assert_allclose(tta.samples[v], views.inverse(plain.samples[v], v), atol=1e-5)
     # not the plain run: samples 1..7 come from other views
-    plain0 = reconstruct(tiny_model, lr, generator=torch.Generator().manual_seed(5), **common)
+    plain0 = reconstruct(
+        tiny_model, lr, generator=torch.Generator().manual_seed(5), tta=False, **common
+    )
     np.testing.assert_allclose(tta.samples[0], plain0.samples[0], atol=1e-5)
     assert not np.allclose(tta.samples[1:], plain0.samples[1:], atol=1e-3)
 
@@ -75,7 +77,7 @@ def test_reconstruct_plane_tta_sample_k_is_view_k(tiny_model, tiling, shape, til
         plane_index=1, return_samples=True, batch_size=4,
     )  # fmt: skip
     calls: list[int] = []
-    tta = reconstruct_plane(
+    tta = sample_plane(
         tiny_model, plane, tta=True, callback=lambda d, t: calls.append(t), **common
     )
     out_shape = (2 * shape[0], 2 * shape[1])
@@ -85,7 +87,7 @@ def test_reconstruct_plane_tta_sample_k_is_view_k(tiny_model, tiling, shape, til
     np.testing.assert_allclose(tta.var, tta.samples.var(axis=0, ddof=1), rtol=1e-4, atol=1e-6)
     for k in (0, 3, 6, 8):  # view 0, 3 (axes swapped), 6, and 0 again
         v = k % 8
-        plain = reconstruct_plane(tiny_model, views.forward(plane, v), tta=False, **common)
+        plain = sample_plane(tiny_model, views.forward(plane, v), tta=False, **common)
         np.testing.assert_allclose(tta.samples[k], views.inverse(plain.samples[k], v), atol=1e-5)
         if v == 0:
             np.testing.assert_allclose(tta.difficulty, plain.difficulty, atol=1e-6)

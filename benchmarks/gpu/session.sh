@@ -17,7 +17,7 @@
 #   phys_medium), same steps and seed.
 # EVAL_DIR=DIR (a folder with lr/, hr/ and params.json, e.g. a carried copy of
 #   `cvdm simulate sim_eval --n 40 --seed 777777 --size 128`): after training, each model is
-#   scored there with `cvdm evaluate` on the GPU (the command of docs/models.md, without
+#   scored there with `cvdm evaluate` on the GPU (the command of docs/models/cvdm-small-v2.md, without
 #   figures), into OUTDIR/report_<name>.md and metrics_<name>.csv; EVAL_SECONDS (default
 #   120) are kept for it.
 # Writes to OUTDIR: session.log (everything printed), train_<name>.log and <name>.safetensors

@@ -1,7 +1,10 @@
 """``cvdm enhance`` and ``cvdm uncertainty``: files and folders in, 2x outputs out.
 
-Both share one set of option definitions (``cvdm_cli.cli.common``) and one driver
-(:func:`_run`); the work is :func:`cvdm_cli.run.run_batch`. stdout carries only data
+Both take their options from ``cvdm_cli.cli.options`` (defaults from
+:data:`cvdm_cli.run.settings.DEFAULT_ENHANCE`), build one
+:class:`~cvdm_cli.run.settings.EnhanceSettings` (validated there, once) and one
+:class:`BatchRequest`, and hand them to :func:`_run`; the work is
+:func:`cvdm_cli.run.batch.run_batch` (or the Dask layer). stdout carries only data
 (``--json`` lines, the dry-run plan, uncertainty figures); progress bars, notes, errors
 and the summary table go to stderr. torch is imported inside the command, never at import
 time, so ``cvdm enhance --help`` stays fast.
@@ -9,24 +12,17 @@ time, so ``cvdm enhance --help`` stays fast.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
-from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.markup import escape
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TaskID,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
+from rich.progress import TaskID
 from rich.table import Table
 
 from cvdm_cli import errors
@@ -34,6 +30,12 @@ from cvdm_cli.cli.common import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
     EXIT_OK,
+    debug_enabled,
+    run_guarded,
+    stderr,
+    stdout,
+)
+from cvdm_cli.cli.options import (
     AntitheticOpt,
     AxesOpt,
     BatchSizeOpt,
@@ -68,16 +70,14 @@ from cvdm_cli.cli.common import (
     TtaOpt,
     VarianceSmoothingOpt,
     WorkersOpt,
-    apply_threads,
-    debug_enabled,
-    run_guarded,
-    stderr,
-    stdout,
 )
-from cvdm_cli.core.variance import DEFAULT_VARIANCE_SMOOTHING
-from cvdm_cli.sampling.views import TTA_DEFAULT
+from cvdm_cli.cli.progress import progress_bar
+from cvdm_cli.run.settings import DEFAULT_ENHANCE as D
+from cvdm_cli.run.settings import EnhanceSettings
 
 if TYPE_CHECKING:  # pragma: no cover
+    from cvdm_cli.core.model import CVDM
+    from cvdm_cli.hub.registry import ResolvedModel
     from cvdm_cli.run.batch import BatchResult, FileResult, Reporter
     from cvdm_cli.run.inputs import FileJob
 
@@ -88,28 +88,60 @@ def register(app: typer.Typer) -> None:
     app.command("uncertainty")(uncertainty)
 
 
+@dataclass(frozen=True)
+class BatchRequest:
+    """What a batch command was asked for besides the per-plane settings.
+
+    tile: ``--tile`` as given (None: the device's default, 0: whole planes); the settings
+    get the tile actually used once the device is known. precision: ``--precision`` as
+    given ("auto" is resolved on the device that runs the model).
+    """
+
+    mode: str  # "enhance" or "uncertainty"
+    inputs: tuple[Path, ...]
+    output: Path | None
+    globs: tuple[str, ...] | None
+    recursive: bool
+    model: str | None
+    device: str
+    precision: str
+    threads: int | None
+    tile: int | None
+    dry_run: bool
+    quiet: bool
+    json_out: bool
+    cache_dir: Path | None
+    workers: int | None = None
+    gpus: str | None = None
+    scheduler: str | None = None
+
+    @property
+    def distributed(self) -> bool:
+        return self.workers is not None or self.gpus is not None or self.scheduler is not None
+
+
 def enhance(
     inputs: InputsArg,
     output: OutputDirOpt = None,
     glob: GlobOpt = None,
     recursive: RecursiveOpt = False,
     model: ModelOpt = None,
-    samples: SamplesOpt = 8,
-    steps: StepsOpt = 20,
-    sampler: SamplerOpt = SamplerChoice.fast,
+    samples: SamplesOpt = D.samples,
+    steps: StepsOpt = D.steps,
+    sampler: SamplerOpt = SamplerChoice(D.sampler),
     tile: TileOpt = None,
-    overlap: OverlapOpt = 32,
-    tiling: TilingOpt = TilingChoice.sync,
-    batch_size: BatchSizeOpt = None,
+    overlap: OverlapOpt = D.overlap,
+    tiling: TilingOpt = TilingChoice(D.tiling),
+    batch_size: BatchSizeOpt = D.batch_size,
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = PrecisionChoice.auto,
     threads: ThreadsOpt = None,
-    seed: SeedOpt = 0,
-    tta: TtaOpt = TTA_DEFAULT,
-    antithetic: AntitheticOpt = False,
-    passes: PassesOpt = None,
-    variance_smoothing: VarianceSmoothingOpt = DEFAULT_VARIANCE_SMOOTHING,
-    axes: AxesOpt = None,
+    seed: SeedOpt = D.seed,
+    tta: TtaOpt = D.tta,
+    antithetic: AntitheticOpt = D.antithetic,
+    passes: PassesOpt = D.passes,
+    variance_smoothing: VarianceSmoothingOpt = D.variance_smoothing,
+    axes: AxesOpt = D.axes,
     std: StdOpt = False,
     difficulty: Annotated[
         bool,
@@ -117,16 +149,16 @@ def enhance(
             "--difficulty",
             help="Also write the learned schedule map lambda(x) (_cvdm_difficulty.tif).",
         ),
-    ] = False,
+    ] = D.difficulty,
     save_samples: Annotated[
         bool,
         typer.Option(
             "--save-samples",
             help="Also write every sample, as an extra axis (_cvdm_samples.tif).",
         ),
-    ] = False,
-    replace_nan: ReplaceNanOpt = False,
-    overwrite: OverwriteOpt = False,
+    ] = D.save_samples,
+    replace_nan: ReplaceNanOpt = D.replace_nan,
+    overwrite: OverwriteOpt = D.overwrite,
     dry_run: DryRunOpt = False,
     quiet: QuietOpt = False,
     json_out: JsonOpt = False,
@@ -139,8 +171,24 @@ def enhance(
 
     <stem>_cvdm.tif (mean of the samples) and <stem>_cvdm_var.tif (their per-pixel
     variance), axes kept, pixel size halved."""
-    options = dict(locals())
-    run_guarded(lambda: _run("enhance", threshold=None, **options))
+
+    def body() -> None:
+        request = BatchRequest(
+            "enhance", tuple(inputs), output, tuple(glob) if glob else None, recursive,
+            model, device, precision.value, threads, tile, dry_run, quiet, json_out,
+            cache_dir, workers, gpus, scheduler,
+        )  # fmt: skip
+        settings = EnhanceSettings(
+            samples=samples, steps=steps, sampler=sampler.value, tile=None, overlap=overlap,
+            tiling=tiling.value, batch_size=batch_size, seed=seed, tta=tta,
+            antithetic=antithetic, passes=passes, variance_smoothing=variance_smoothing,
+            axes=axes, replace_nan=replace_nan, write_mean=True,
+            spread="std" if std else "var", difficulty=difficulty, save_samples=save_samples,
+            overwrite=overwrite,
+        )  # fmt: skip
+        _run(request, settings)
+
+    run_guarded(body)
 
 
 def uncertainty(
@@ -149,22 +197,22 @@ def uncertainty(
     glob: GlobOpt = None,
     recursive: RecursiveOpt = False,
     model: ModelOpt = None,
-    samples: SamplesOpt = 8,
-    steps: StepsOpt = 20,
-    sampler: SamplerOpt = SamplerChoice.fast,
+    samples: SamplesOpt = D.samples,
+    steps: StepsOpt = D.steps,
+    sampler: SamplerOpt = SamplerChoice(D.sampler),
     tile: TileOpt = None,
-    overlap: OverlapOpt = 32,
-    tiling: TilingOpt = TilingChoice.sync,
-    batch_size: BatchSizeOpt = None,
+    overlap: OverlapOpt = D.overlap,
+    tiling: TilingOpt = TilingChoice(D.tiling),
+    batch_size: BatchSizeOpt = D.batch_size,
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = PrecisionChoice.auto,
     threads: ThreadsOpt = None,
-    seed: SeedOpt = 0,
-    tta: TtaOpt = TTA_DEFAULT,
-    antithetic: AntitheticOpt = False,
-    passes: PassesOpt = None,
-    variance_smoothing: VarianceSmoothingOpt = DEFAULT_VARIANCE_SMOOTHING,
-    axes: AxesOpt = None,
+    seed: SeedOpt = D.seed,
+    tta: TtaOpt = D.tta,
+    antithetic: AntitheticOpt = D.antithetic,
+    passes: PassesOpt = D.passes,
+    variance_smoothing: VarianceSmoothingOpt = D.variance_smoothing,
+    axes: AxesOpt = D.axes,
     std: StdOpt = False,
     difficulty: Annotated[
         bool,
@@ -180,9 +228,9 @@ def uncertainty(
             help="Report the fraction of pixels whose std (input intensity units) is above this.",
             show_default=False,
         ),
-    ] = None,
-    replace_nan: ReplaceNanOpt = False,
-    overwrite: OverwriteOpt = False,
+    ] = D.threshold,
+    replace_nan: ReplaceNanOpt = D.replace_nan,
+    overwrite: OverwriteOpt = D.overwrite,
     dry_run: DryRunOpt = False,
     quiet: QuietOpt = False,
     json_out: JsonOpt = False,
@@ -195,20 +243,36 @@ def uncertainty(
 
     Writes <stem>_cvdm_var.tif (or _cvdm_std.tif) and <stem>_cvdm_difficulty.tif, and
     prints per file the mean and 99th-percentile std in input intensity units."""
-    options = dict(locals())
-    run_guarded(lambda: _run("uncertainty", save_samples=False, **options))
+
+    def body() -> None:
+        request = BatchRequest(
+            "uncertainty", tuple(inputs), output, tuple(glob) if glob else None, recursive,
+            model, device, precision.value, threads, tile, dry_run, quiet, json_out,
+            cache_dir, workers, gpus, scheduler,
+        )  # fmt: skip
+        settings = EnhanceSettings(
+            samples=samples, steps=steps, sampler=sampler.value, tile=None, overlap=overlap,
+            tiling=tiling.value, batch_size=batch_size, seed=seed, tta=tta,
+            antithetic=antithetic, passes=passes, variance_smoothing=variance_smoothing,
+            axes=axes, replace_nan=replace_nan, write_mean=False,
+            spread="std" if std else "var", difficulty=difficulty, overwrite=overwrite,
+            threshold=threshold,
+        )  # fmt: skip
+        _run(request, settings)
+
+    run_guarded(body)
 
 
 # --- the shared driver ------------------------------------------------------------------------
 
 
-def _resolve_model(spec: str | None, cache_dir: Path | None, quiet: bool) -> Any:
+def resolve_model(spec: str | None, cache_dir: Path | None, quiet: bool) -> ResolvedModel:
     """--model -> a verified local file (download bar on stderr); notes an unpinned hf://."""
-    from cvdm_cli.cli.models_cmd import _download_progress
-    from cvdm_cli.hub.registry import resolve_model
+    from cvdm_cli.cli.models_cmd import download_progress
+    from cvdm_cli.hub.registry import resolve_model as resolve
 
-    with _download_progress(spec or "default model") as callback:
-        resolved = resolve_model(spec, cache_dir=cache_dir, progress=callback)
+    with download_progress(spec or "default model") as callback:
+        resolved = resolve(spec, cache_dir=cache_dir, progress=callback)
     pinned = resolved.pinned_spec
     if resolved.source == "hf" and pinned and pinned != spec and not quiet:
         stderr.print(
@@ -218,113 +282,57 @@ def _resolve_model(spec: str | None, cache_dir: Path | None, quiet: bool) -> Any
     return resolved
 
 
-def _run(
-    mode: str,
-    *,
-    inputs: list[Path],
-    output: Path | None,
-    glob: list[str] | None,
-    recursive: bool,
-    model: str | None,
-    samples: int,
-    steps: int,
-    sampler: SamplerChoice,
-    tile: int | None,
-    overlap: int,
-    tiling: TilingChoice,
-    batch_size: int | None,
-    device: str,
-    precision: PrecisionChoice,
-    threads: int | None,
-    seed: int,
-    tta: bool,
-    antithetic: bool,
-    passes: str | None,
-    variance_smoothing: float,
-    axes: str | None,
-    std: bool,
-    difficulty: bool,
-    save_samples: bool,
-    threshold: float | None,
-    replace_nan: bool,
-    overwrite: bool,
-    dry_run: bool,
-    quiet: bool,
-    json_out: bool,
-    cache_dir: Path | None,
-    workers: int | None = None,
-    gpus: str | None = None,
-    scheduler: str | None = None,
-) -> None:
-    from cvdm_cli.core.devices import default_tile, pick_device, pick_precision
-    from cvdm_cli.run.batch import run_batch
-    from cvdm_cli.run.inputs import DEFAULT_GLOBS, discover_inputs, prepare_output_dir
-    from cvdm_cli.run.models import get_model
+def resolve_tile(
+    settings: EnhanceSettings, tile_option: int | None, net: CVDM, device: Any
+) -> EnhanceSettings:
+    """The settings with the tile this run uses: ``--tile`` as given (0: whole planes) or,
+    without it, the device's default (:func:`cvdm_cli.core.devices.default_tile`); the
+    same rule for ``cvdm enhance``, ``cvdm uncertainty`` and ``cvdm evaluate``."""
+    from cvdm_cli.core.devices import default_tile
     from cvdm_cli.run.plane import check_tiling
-    from cvdm_cli.run.settings import EnhanceSettings, ModelRef
 
-    if not inputs:
+    if tile_option is None:
+        tile: int | None = default_tile(net, device, items=min(settings.samples, 8))
+    else:
+        tile = tile_option or None  # --tile 0: whole planes
+    resolved = dataclasses.replace(settings, tile=tile)
+    check_tiling(resolved, net)
+    return resolved
+
+
+def _jobs(request: BatchRequest) -> list[FileJob]:
+    from cvdm_cli.run.inputs import DEFAULT_GLOBS, discover_inputs
+
+    if not request.inputs:
         raise errors.ConfigError("no inputs given", hint="name TIFF files or folders")
-    apply_threads(threads)
-
-    def make_settings(tile_used: int | None, precision_used: str) -> EnhanceSettings:
-        return EnhanceSettings(
-            samples=samples,
-            steps=steps,
-            sampler=sampler.value,
-            tile=tile_used,
-            overlap=overlap,
-            tiling=tiling.value,
-            batch_size=batch_size,
-            precision=precision_used,
-            seed=seed,
-            tta=tta,
-            antithetic=antithetic,
-            passes=passes,
-            variance_smoothing=variance_smoothing,
-            axes=axes,
-            replace_nan=replace_nan,
-            write_mean=mode == "enhance",
-            spread="std" if std else "var",
-            difficulty=difficulty,
-            save_samples=save_samples,
-            overwrite=overwrite,
-            threshold=threshold,
-        )
-
-    if workers is not None or gpus is not None or scheduler is not None:
-        if not dry_run:
-            _run_cluster(
-                mode,
-                make_settings,
-                inputs=inputs,
-                output=output,
-                glob=glob,
-                recursive=recursive,
-                model=model,
-                cache_dir=cache_dir,
-                device=device,
-                precision=precision,
-                tile=tile,
-                samples=samples,
-                quiet=quiet,
-                json_out=json_out,
-                workers=workers,
-                gpus=gpus,
-                scheduler=scheduler,
-            )
-            return
-        if not (quiet or json_out):
-            stderr.print("note: --dry-run plans on this machine; no Dask cluster is used")
-    torch_device = pick_device(device)
-    precision_used = pick_precision(precision.value, torch_device)
-    jobs = discover_inputs(
-        inputs,
-        globs=tuple(glob) if glob else DEFAULT_GLOBS,
-        recursive=recursive,
-        output_dir=output,
+    return discover_inputs(
+        request.inputs,
+        globs=request.globs or DEFAULT_GLOBS,
+        recursive=request.recursive,
+        output_dir=request.output,
     )
-    resolved = _resolve_model(model, cache_dir, quiet or json_out)
+
+
+def _run(request: BatchRequest, settings: EnhanceSettings) -> None:
+    from cvdm_cli.core.devices import pick_device, pick_precision, set_torch_threads
+    from cvdm_cli.run.batch import run_batch
+    from cvdm_cli.run.models import get_model
+    from cvdm_cli.run.outputs import prepare_output_dir
+    from cvdm_cli.run.settings import ModelRef
+
+    set_torch_threads(request.threads)
+    if request.distributed:
+        if not request.dry_run:
+            _run_cluster(request, settings)
+            return
+        if not (request.quiet or request.json_out):
+            stderr.print("note: --dry-run plans on this machine; no Dask cluster is used")
+    torch_device = pick_device(request.device)
+    settings = dataclasses.replace(
+        settings, precision=pick_precision(request.precision, torch_device)
+    )
+    jobs = _jobs(request)
+    resolved = resolve_model(request.model, request.cache_dir, request.quiet or request.json_out)
     ref = ModelRef(
         path=str(resolved.path),
         device=str(torch_device),
@@ -332,42 +340,19 @@ def _run(
         sha256=resolved.sha256 or "",
     )
     net = get_model(ref)
-    if tile is None:
-        tile_used: int | None = default_tile(net, torch_device, items=min(samples, 8))
-    else:
-        tile_used = tile or None  # --tile 0: whole planes
-    settings = make_settings(tile_used, precision_used)
-    settings.validate()
-    check_tiling(settings, net)
-    if output is not None and not dry_run:
-        prepare_output_dir(output)
+    settings = resolve_tile(settings, request.tile, net, torch_device)
+    if request.output is not None and not request.dry_run:
+        prepare_output_dir(request.output)
 
-    reporter = _make_reporter(mode, quiet=quiet, json_out=json_out, dry_run=dry_run)
+    reporter = _make_reporter(
+        request.mode, quiet=request.quiet, json_out=request.json_out, dry_run=request.dry_run
+    )
     with reporter:
-        batch = run_batch(jobs, settings, ref, reporter=reporter, dry_run=dry_run)
-    _finish(batch, mode=mode, quiet=quiet, json_out=json_out)
+        batch = run_batch(jobs, settings, ref, reporter=reporter, dry_run=request.dry_run)
+    _finish(batch, mode=request.mode, quiet=request.quiet, json_out=request.json_out)
 
 
-def _run_cluster(
-    mode: str,
-    make_settings: Callable[[int | None, str], Any],
-    *,
-    inputs: list[Path],
-    output: Path | None,
-    glob: list[str] | None,
-    recursive: bool,
-    model: str | None,
-    cache_dir: Path | None,
-    device: str,
-    precision: PrecisionChoice,
-    tile: int | None,
-    samples: int,
-    quiet: bool,
-    json_out: bool,
-    workers: int | None,
-    gpus: str | None,
-    scheduler: str | None,
-) -> None:
+def _run_cluster(request: BatchRequest, settings: EnhanceSettings) -> None:
     """The batch on Dask workers (cvdm_cli.run.cluster): --workers, --gpus or --scheduler.
 
     The device, precision and --tile default are resolved on a worker (the client may be a
@@ -375,32 +360,30 @@ def _run_cluster(
     """
     # importing cluster raises errors.MissingExtraError without the `cluster` extra (exit 2)
     from cvdm_cli.run import cluster
-    from cvdm_cli.run.inputs import DEFAULT_GLOBS, discover_inputs, prepare_output_dir
     from cvdm_cli.run.models import get_model
+    from cvdm_cli.run.outputs import prepare_output_dir
     from cvdm_cli.run.plane import check_tiling
     from cvdm_cli.run.settings import ModelRef
 
     options = cluster.cluster_options(
-        workers=workers, gpus=gpus, scheduler=scheduler, device=device
+        workers=request.workers,
+        gpus=request.gpus,
+        scheduler=request.scheduler,
+        device=request.device,
     )
     assert options is not None
-    jobs = discover_inputs(
-        inputs,
-        globs=tuple(glob) if glob else DEFAULT_GLOBS,
-        recursive=recursive,
-        output_dir=output,
-    )
-    resolved = _resolve_model(model, cache_dir, quiet or json_out)
+    jobs = _jobs(request)
+    resolved = resolve_model(request.model, request.cache_dir, request.quiet or request.json_out)
     # a CPU copy for the geometry (scale, size divisor): bad --tile values fail before any
     # worker starts
     net = get_model(ModelRef(path=str(resolved.path), device="cpu"))
-    if tile:
-        check_tiling(make_settings(tile, "fp32"), net)
-    if output is not None:
-        prepare_output_dir(output)
+    if request.tile:
+        check_tiling(dataclasses.replace(settings, tile=request.tile), net)
+    if request.output is not None:
+        prepare_output_dir(request.output)
 
     def say(message: str) -> None:  # stderr, so also with --json
-        if not quiet:
+        if not request.quiet:
             stderr.print(f"[dim]{escape(message)}[/]")
 
     with cluster.terminate_as_interrupt(), cluster.connect(options) as conn:
@@ -416,23 +399,27 @@ def _run_cluster(
             str(resolved.path),
             name=resolved.name,
             sha256=resolved.sha256 or "",
-            device=device,
-            precision=precision.value,
-            tile=tile,
-            samples=samples,
+            device=request.device,
+            precision=request.precision,
+            tile=request.tile,
+            samples=settings.samples,
             notice=say,
         )
-        settings = make_settings(setup.tile or None, setup.precision)  # --tile 0: whole planes
-        settings.validate()
-        check_tiling(settings, net)
+        # --tile 0: whole planes
+        used = dataclasses.replace(settings, tile=setup.tile or None, precision=setup.precision)
+        check_tiling(used, net)
         reporter = _make_reporter(
-            mode, quiet=quiet, json_out=json_out, dry_run=False, distributed=True
+            request.mode,
+            quiet=request.quiet,
+            json_out=request.json_out,
+            dry_run=False,
+            distributed=True,
         )
         with reporter:
             batch = cluster.run_batch_distributed(
-                jobs, settings, ref, conn.client, reporter=reporter, cluster=conn.describe()
+                jobs, used, ref, conn.client, reporter=reporter, cluster=conn.describe()
             )
-    _finish(batch, mode=mode, quiet=quiet, json_out=json_out)
+    _finish(batch, mode=request.mode, quiet=request.quiet, json_out=request.json_out)
 
 
 def _make_reporter(
@@ -447,19 +434,7 @@ def _make_reporter(
         """Progress bars and per-file lines on stderr; JSON lines / figures on stdout."""
 
         def __init__(self) -> None:
-            self.progress = Progress(
-                TextColumn("[bold]{task.description}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TimeElapsedColumn(),
-                TextColumn("eta"),
-                TimeRemainingColumn(),
-                console=stderr,
-                transient=True,
-                redirect_stdout=False,  # stdout is for data (--json) only
-                redirect_stderr=False,
-                disable=quiet or dry_run or not stderr.is_terminal,
-            )
+            self.progress = progress_bar(disable=quiet or dry_run)
             self.files: TaskID | None = None
             self.planes: TaskID | None = None
             self.steps: TaskID | None = None

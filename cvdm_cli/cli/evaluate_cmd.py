@@ -12,33 +12,37 @@ from rich import box
 from rich.markup import escape
 from rich.table import Table
 
-from cvdm_cli.cli.common import (
+from cvdm_cli.cli.common import run_guarded, stderr, stdout
+from cvdm_cli.cli.options import (
     AntitheticOpt,
+    BatchSizeOpt,
+    DeviceOpt,
+    EvaluateSamplesOpt,
+    EvaluateSeedOpt,
+    ModelOpt,
+    OverlapOpt,
     PassesOpt,
     PrecisionChoice,
     PrecisionOpt,
+    QuietOpt,
+    StepsOpt,
     ThreadsOpt,
+    TileOpt,
+    TilingChoice,
+    TilingOpt,
+    TtaOpt,
     VarianceSmoothingOpt,
-    apply_threads,
-    run_guarded,
-    stderr,
-    stdout,
 )
-from cvdm_cli.core.variance import DEFAULT_VARIANCE_SMOOTHING
-from cvdm_cli.sampling.views import TTA_DEFAULT
+from cvdm_cli.cli.progress import progress_bar
+from cvdm_cli.run.settings import DEFAULT_ENHANCE as D
 
 
 def evaluate(
     lr: Path = typer.Option(..., "--lr", help="Folder of low-res (widefield) TIFFs."),
     hr: Path = typer.Option(..., "--hr", help="Folder of high-res targets, same file names."),
-    model: str | None = typer.Option(
-        None,
-        "--model",
-        "-m",
-        help="Registry name, .safetensors path or hf://owner/repo/file (default: the default).",
-    ),
-    samples: int = typer.Option(8, "--samples", "-k", min=2, help="Fast-sampler samples."),
-    steps: int = typer.Option(20, "--steps", min=1, help="Fast-sampler steps per sample."),
+    model: ModelOpt = None,
+    samples: EvaluateSamplesOpt = D.samples,
+    steps: StepsOpt = D.steps,
     reference: bool = typer.Option(
         True,
         "--reference/--no-reference",
@@ -56,7 +60,16 @@ def evaluate(
     out: Path | None = typer.Option(
         None, "--out", "-o", help="Report folder: metrics.csv, report.json, report.md, PNGs."
     ),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a report in --out."),
+    save_predictions: Path | None = typer.Option(
+        None,
+        "--save-predictions",
+        help="Also write each scored image's <stem>_cvdm.tif and <stem>_cvdm_var.tif into "
+        "this folder: the files cvdm enhance writes for that LR file with the same model, "
+        "seed and sampler settings.",
+    ),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="Replace a report in --out (and predictions)."
+    ),
     figures: bool = typer.Option(True, "--figures/--no-figures", help="PNG figures (matplotlib)."),
     psf: Path | None = typer.Option(
         None, "--psf", help="PSF TIFF for Richardson–Lucy, sampled at the output pixel size."
@@ -73,45 +86,55 @@ def evaluate(
     val_fraction: float = typer.Option(
         0.25, "--val-fraction", help="Share of pairs held out to tune Richardson–Lucy."
     ),
-    seed: int = typer.Option(0, "--seed", help="Validation split and sampler noise."),
+    seed: EvaluateSeedOpt = D.seed,
     sampler_seed: int | None = typer.Option(
         None,
         "--sampler-seed",
         help="Sampler noise only (same split and baselines; default: --seed): rescore with "
         "other draws to see how much the cvdm scores move with the samples.",
     ),
-    tta: bool = typer.Option(
-        TTA_DEFAULT,
-        "--tta/--no-tta",
-        help="Draw sample k from flip/rotation k % 8 of the input, as cvdm enhance does.",
-    ),
-    antithetic: AntitheticOpt = False,
-    passes: PassesOpt = None,
-    variance_smoothing: VarianceSmoothingOpt = DEFAULT_VARIANCE_SMOOTHING,
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
+    tta: TtaOpt = D.tta,
+    antithetic: AntitheticOpt = D.antithetic,
+    passes: PassesOpt = D.passes,
+    variance_smoothing: VarianceSmoothingOpt = D.variance_smoothing,
+    tile: TileOpt = None,
+    overlap: OverlapOpt = D.overlap,
+    tiling: TilingOpt = TilingChoice(D.tiling),
+    batch_size: BatchSizeOpt = D.batch_size,
+    device: DeviceOpt = "auto",
     precision: PrecisionOpt = PrecisionChoice.auto,
     threads: ThreadsOpt = None,
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or table."),
+    quiet: QuietOpt = False,
 ) -> None:
     """Score cvdm against bicubic and Richardson–Lucy: PSNR, SSIM, NRMSE and uncertainty.
 
     Pairs lr/<name>.tif with hr/<name>.tif (HR exactly 2x the LR). Metrics follow CSBDeep's
-    fair comparison (percentile-normalised target, least-squares scale and offset).
+    fair comparison (percentile-normalised target, least-squares scale and offset). cvdm is
+    sampled exactly as cvdm enhance samples each LR file (same settings, seed and tiles).
     """
 
     def body() -> None:
-        apply_threads(threads)
-        from cvdm_cli.core.devices import pick_device, pick_precision
+        from cvdm_cli.cli.enhance_cmd import resolve_model, resolve_tile
+        from cvdm_cli.core.devices import pick_device, pick_precision, set_torch_threads
         from cvdm_cli.evaluation.evaluate import evaluate as run_evaluation
+        from cvdm_cli.io.weights import load_weights
+        from cvdm_cli.run.settings import EnhanceSettings
 
+        set_torch_threads(threads)
         dev = pick_device(device)
-        precision_used = pick_precision(precision.value, dev)
-        path = _resolve(model)
+        resolved = resolve_model(model, None, quiet=quiet or as_json)
+        net = load_weights(resolved.path, device=dev)
+        # the tile and precision cvdm enhance would use on this device, by the same rules
+        sampling = EnhanceSettings(
+            samples=samples, steps=steps, tile=None, overlap=overlap, tiling=tiling.value,
+            batch_size=batch_size, precision=pick_precision(precision.value, dev),
+        )  # fmt: skip
+        sampling = resolve_tile(sampling, tile, net, dev)
         start = time.perf_counter()
         with _ProgressBar(disabled=quiet) as bar:
             report = run_evaluation(
-                path,
+                net,
                 lr,
                 hr,
                 samples=samples,
@@ -133,8 +156,16 @@ def evaluate(
                 antithetic=antithetic,
                 passes=passes,
                 variance_smoothing=variance_smoothing,
+                tile=sampling.tile,
+                overlap=sampling.overlap,
+                tiling=sampling.tiling,
+                batch_size=sampling.batch_size,
                 device=str(dev),
-                precision=precision_used,
+                precision=sampling.precision,
+                save_predictions=save_predictions,
+                model_name=resolved.name,
+                model_sha256=resolved.sha256 or "",
+                model_source=str(resolved.path),
                 progress=bar.update,
             )
         for notice in report.notices:
@@ -152,36 +183,12 @@ def evaluate(
     run_guarded(body)
 
 
-def _resolve(spec: str | None) -> str:
-    """A local .safetensors path for ``--model`` (registry names and hf:// refs resolved)."""
-    from cvdm_cli.hub.registry import resolve_model
-
-    return str(resolve_model(spec).path)
-
-
 class _ProgressBar:
     """rich bars on stderr for the "tune-rl" and "evaluate" events of
     cvdm_cli.evaluation.evaluate."""
 
     def __init__(self, disabled: bool) -> None:
-        from rich.progress import (
-            BarColumn,
-            Progress,
-            TaskProgressColumn,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
-
-        self.progress = Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            TaskProgressColumn(),
-            TimeElapsedColumn(),
-            TimeRemainingColumn(),
-            console=stderr,
-            disable=disabled,
-        )
+        self.progress = progress_bar("percent", disable=disabled)
         self.tasks: dict[str, Any] = {}
 
     def __enter__(self) -> _ProgressBar:

@@ -17,7 +17,8 @@ import typer
 from rich.markup import escape
 
 from cvdm_cli import errors
-from cvdm_cli.cli.common import CacheDirOpt, run_guarded, stdout
+from cvdm_cli.cli.common import run_guarded, stdout
+from cvdm_cli.cli.options import CacheDirOpt
 
 PACKAGES = ("numpy", "tifffile", "safetensors", "huggingface-hub", "typer", "rich")
 

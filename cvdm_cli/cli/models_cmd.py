@@ -15,14 +15,6 @@ from typing import TYPE_CHECKING
 
 import typer
 from rich.markup import escape
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
 from rich.table import Table
 
 from cvdm_cli import errors
@@ -34,6 +26,7 @@ from cvdm_cli.cli.common import (
     stderr,
     stdout,
 )
+from cvdm_cli.cli.progress import progress_bar
 
 if TYPE_CHECKING:  # pragma: no cover
     from cvdm_cli.hub.registry import ResolvedModel
@@ -83,18 +76,9 @@ _STATE_STYLE = {
 
 
 @contextmanager
-def _download_progress(label: str) -> Iterator[Callable[[int, int | None], None]]:
+def download_progress(label: str) -> Iterator[Callable[[int, int | None], None]]:
     """A rich download bar on stderr, fed by ``callback(done_bytes, total_bytes)``."""
-    progress = Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        DownloadColumn(),
-        TransferSpeedColumn(),
-        TimeRemainingColumn(),
-        console=stderr,
-        transient=True,
-        disable=not stderr.is_terminal,  # no bar (and no stray blank line) in logs and pipes
-    )
+    progress = progress_bar("download")  # no bar (and no stray blank line) in logs
     task: list[int] = []
 
     def callback(done: int, total: int | None) -> None:
@@ -111,7 +95,7 @@ def _resolve(spec: str | None, *, cache_dir: Path | None, force: bool = False) -
 
     registry = None if spec is not None and spec.startswith("hf://") else load_registry()
     label = spec or (registry.default_name if registry is not None else "model")
-    with _download_progress(label) as callback:
+    with download_progress(label) as callback:
         resolved = resolve_model(
             spec, registry=registry, cache_dir=cache_dir, progress=callback, force=force
         )

@@ -102,24 +102,10 @@ def simulate(
         if quiet:
             simulate_dataset(outdir, n, **kwargs)
         else:
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                Progress,
-                TextColumn,
-                TimeElapsedColumn,
-                TimeRemainingColumn,
-            )
+            from cvdm_cli.cli.progress import progress_bar
 
-            columns = (
-                TextColumn("simulating"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TimeElapsedColumn(),
-                TimeRemainingColumn(),
-            )
-            with Progress(*columns, console=stderr, transient=False) as bar:
-                task = bar.add_task("simulate", total=n)
+            with progress_bar(transient=False) as bar:
+                task = bar.add_task("simulating", total=n)
                 simulate_dataset(
                     outdir, n, progress=lambda done, _t: bar.update(task, completed=done), **kwargs
                 )

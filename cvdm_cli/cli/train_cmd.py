@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from cvdm_cli.cli.common import ThreadsOpt, apply_threads, run_guarded, stderr, stdout
+from cvdm_cli.cli.common import run_guarded, stderr, stdout
+from cvdm_cli.cli.options import ThreadsOpt
 from cvdm_cli.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -107,7 +108,9 @@ def train(
     """Train a CVDM (AdamW, warm-up + cosine, EMA, checkpoints, validation PSNR)."""
 
     def body() -> None:
-        apply_threads(threads)
+        from cvdm_cli.core.devices import set_torch_threads
+
+        set_torch_threads(threads)
 
         from cvdm_cli.core.config import ModelConfig
         from cvdm_cli.core.devices import pick_device
@@ -274,11 +277,10 @@ def _simulate(
     workers: int,
     quiet: bool,
 ) -> None:
-    from rich.progress import Progress
-
+    from cvdm_cli.cli.progress import progress_bar
     from cvdm_cli.training.simulation import simulate_dataset
 
-    with Progress(console=stderr, disable=quiet, transient=True) as progress:
+    with progress_bar(disable=quiet) as progress:
         task = progress.add_task("simulating pairs", total=n)
         simulate_dataset(
             folder,
@@ -313,23 +315,12 @@ def _load_init(spec: str) -> tuple[CVDM, dict[str, object]]:
 def _run_with_progress(
     run_training, data, model_config, cfg, out, dev, resume, info, stop_after, quiet, init_model
 ):
-    from rich.progress import (
-        BarColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
+    from rich.progress import TextColumn
 
-    columns = (
-        TextColumn("train"),
-        BarColumn(),
-        TextColumn("{task.completed}/{task.total}"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        TextColumn("{task.fields[terms]}"),
-    )
-    with Progress(*columns, console=stderr, disable=quiet) as progress:
+    from cvdm_cli.cli.progress import progress_bar
+
+    terms = TextColumn("{task.fields[terms]}")
+    with progress_bar(disable=quiet, transient=False, extra=[terms]) as progress:
         task = progress.add_task("train", total=cfg.steps, terms="")
 
         plain_log = not quiet and not stderr.is_terminal

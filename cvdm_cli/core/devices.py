@@ -1,14 +1,21 @@
-"""Choosing the torch device and numeric precision from user options."""
+"""Device, thread and memory policy: the one place that decides where and how big.
+
+- which device (``pick_device``) and which precision (``pick_precision``, autocast dtypes);
+- how many CPU threads torch uses (``set_torch_threads``, --threads; Dask workers read
+  CVDM_TORCH_THREADS);
+- how much work goes into one denoiser call (``auto_batch_size``) and the --tile default
+  from the free device memory (``default_tile``).
+"""
 
 from __future__ import annotations
+
+import os
 
 import torch
 
 from cvdm_cli.core.model import CVDM
+from cvdm_cli.core.tiling import CPU_TILE
 from cvdm_cli.errors import ConfigError, DeviceError
-
-# --tile default on CPU / MPS, output pixels (see default_tile)
-CPU_TILE = 256
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 # torch.autocast dtype of each resolved precision (None: float32, no autocast)
@@ -168,3 +175,13 @@ def default_tile(
 
 def round_tile(tile: int, mult: int) -> int:
     return max(mult, tile // mult * mult)
+
+
+def set_torch_threads(threads: int | None) -> None:
+    """--threads: cap torch's CPU threads in this process and in Dask workers it starts
+    (they read CVDM_TORCH_THREADS). For nodes shared with other jobs: oversubscribed
+    cores slow small convolutions down far more than proportionally. None: torch's choice."""
+    if threads is None:
+        return
+    torch.set_num_threads(threads)
+    os.environ["CVDM_TORCH_THREADS"] = str(threads)

@@ -37,6 +37,10 @@ import numpy as np
 
 from cvdm_cli import errors
 
+# --tile default on a CPU or MPS, output pixels: CPU time, not memory, is the limit there
+# (smaller tiles add overlap work, larger ones gain nothing); core.devices.default_tile
+CPU_TILE = 256
+
 __all__ = [
     "Stitcher",
     "Tile",

@@ -35,6 +35,7 @@ cvdm variant beats each baseline in PSNR and SSIM, fast vs reference, RL tuning)
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -42,15 +43,14 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from cvdm_cli.core import metrics
-from cvdm_cli.core.normalize import NormParams, denormalize, percentile_normalize
+from cvdm_cli.core.model import CVDM
 from cvdm_cli.core.variance import (
     DEFAULT_VARIANCE_SMOOTHING,
-    check_variance_smoothing,
     pool_variance,
 )
 from cvdm_cli.errors import (
@@ -68,11 +68,13 @@ from cvdm_cli.evaluation.report import (
     prepare_out,
     write_reports,
 )
-from cvdm_cli.sampling.passes import resolve_passes  # torch-free, like the imports above
-from cvdm_cli.sampling.views import TTA_DEFAULT
-
-if TYPE_CHECKING:  # pragma: no cover
-    from cvdm_cli.core.model import CVDM
+from cvdm_cli.io.tiff import open_tiff, read_single_plane
+from cvdm_cli.io.weights import load_weights
+from cvdm_cli.run.inputs import FileJob, prepare_output_dir
+from cvdm_cli.run.outputs import FileOutputs
+from cvdm_cli.run.plane import PlaneOutput, enhance_plane
+from cvdm_cli.run.settings import DEFAULT_ENHANCE, EnhanceSettings, ModelRef
+from cvdm_cli.sampling.schedules import FAST_GRID_POWER, count_steps
 
 __all__ = [
     "CSV_COLUMNS",
@@ -191,17 +193,13 @@ def load_params(*folders: str | os.PathLike[str]) -> dict[str, dict[str, Any]]:
     return {}
 
 
-def read_plane(path: Path) -> np.ndarray:
-    """The single YX plane of a TIFF as float64 (H, W)."""
-    from cvdm_cli.io.tiff import read_single_plane
-
-    return read_single_plane(path, dtype=np.float64, purpose="evaluation pairs")
+def read_plane(path: Path, dtype: Any = np.float64) -> np.ndarray:
+    """The single YX plane of a TIFF as ``dtype`` (H, W); None keeps the file's dtype."""
+    return read_single_plane(path, dtype=dtype, purpose="evaluation pairs")
 
 
 def _pixel_nm(path: Path) -> float | None:
     """The x pixel size of a TIFF in nm from its metadata (header only), or None."""
-    from cvdm_cli.io.tiff import open_tiff
-
     with open_tiff(path) as tif:
         if tif.pixel_size is None or tif.unit not in _NM_PER_UNIT:
             return None
@@ -215,9 +213,6 @@ _NM_PER_UNIT = {"nm": 1.0, "µm": 1e3, "mm": 1e6}
 
 
 def _load_model(model_or_path: CVDM | str | os.PathLike[str], device: str) -> CVDM:
-    from cvdm_cli.core.model import CVDM
-    from cvdm_cli.io.weights import load_weights
-
     if isinstance(model_or_path, CVDM):
         return model_or_path
     return load_weights(model_or_path, device=device)
@@ -315,8 +310,6 @@ class _PSFs:
 
 def _read_psf(path: Path) -> np.ndarray:
     """All planes of a PSF TIFF, (Z, Y, X) or (Y, X), float64."""
-    from cvdm_cli.io.tiff import open_tiff
-
     with open_tiff(path) as tif:
         planes = [np.asarray(p, dtype=np.float64) for p in tif.iter_planes()]
     return np.stack(planes) if len(planes) > 1 else planes[0]
@@ -429,22 +422,42 @@ def _fast_vs_reference(
 
 @dataclass(frozen=True)
 class _Run:
-    """Settings of the per-image work, fixed for one evaluation."""
+    """Settings of the per-image work, fixed for one evaluation.
+
+    fast / reference: the settings ``cvdm enhance`` would run with (one EnhanceSettings
+    each, samples kept for scoring); every image is sampled as plane 0 of its file with
+    seed ``fast.seed``, as ``cvdm enhance --seed`` samples each file. model_ref names the
+    model in the provenance of saved predictions; save_dir: where they go (None: nowhere).
+    """
 
     model: CVDM
     scale: int
     samplers: tuple[str, ...]
-    samples: int
-    steps: int
-    reference_samples: int
-    reference_steps: int
+    fast: EnhanceSettings
+    reference: EnhanceSettings
     rl_iterations: int | None
-    seed: int
-    tta: bool
-    precision: str
-    passes: tuple[int, ...]  # the fast sampler's steps per pass (resolve_passes)
-    antithetic: bool = False
-    variance_smoothing: float = DEFAULT_VARIANCE_SMOOTHING
+    model_ref: ModelRef
+    save_dir: Path | None = None
+
+    @property
+    def samples(self) -> int:
+        return self.fast.samples
+
+    @property
+    def reference_samples(self) -> int:
+        return self.reference.samples
+
+    @property
+    def steps(self) -> int:
+        return count_steps("fast", self.fast.steps, self.model.config.timesteps)
+
+    @property
+    def reference_steps(self) -> int:
+        return count_steps("reference", self.fast.steps, self.model.config.timesteps)
+
+    @property
+    def variance_smoothing(self) -> float:
+        return self.fast.variance_smoothing
 
     def calls(self, with_reference: bool) -> int:
         """Denoiser passes (image-samples x steps) for one image."""
@@ -470,34 +483,37 @@ class _Progress:
 
 
 def _sample(
-    run: _Run, x_norm: np.ndarray, norm: NormParams, sampler: str, seed: int,
+    run: _Run, pair: ImagePair, lr: np.ndarray, settings: EnhanceSettings,
     on_progress: Callable[[int, int], None],
-) -> tuple[np.ndarray, float]:  # fmt: skip
-    """cvdm samples (K, H, W) mapped back to input units, and the seconds they took."""
-    import torch
+) -> tuple[np.ndarray, PlaneOutput, float]:  # fmt: skip
+    """cvdm samples (K, H, W) in input units (float64), the plane's outputs as ``cvdm
+    enhance`` computes them (input units), and the seconds they took.
 
-    from cvdm_cli.sampling.api import reconstruct
-
-    k = run.samples if sampler == "fast" else run.reference_samples
+    ``lr`` is the raw plane as ``cvdm enhance`` reads it (the file's dtype), so the
+    normalisation, the draws and the outputs are those of ``cvdm enhance`` on that file.
+    """
     t0 = time.perf_counter()
-    rec = reconstruct(
-        run.model,
-        x_norm,
-        samples=k,
-        steps=run.steps,
-        sampler=sampler,
-        generator=torch.Generator().manual_seed(seed),
-        callback=on_progress,
-        return_samples=True,
-        tta=run.tta,
-        antithetic=run.antithetic,
-        passes=run.passes if sampler == "fast" else None,
-        precision=run.precision,
+    out = enhance_plane(
+        run.model, lr, 0, settings, label=f"{pair.lr} plane 0", progress=on_progress
     )
     seconds = time.perf_counter() - t0
-    if rec.samples is None:  # pragma: no cover - reconstruct honours return_samples
-        raise RuntimeError("reconstruct returned no samples")
-    return denormalize(rec.samples, norm).astype(np.float64), seconds
+    if out.samples is None:  # pragma: no cover - save_samples is set for scoring
+        raise RuntimeError("the plane was sampled without its samples")
+    return out.samples.astype(np.float64), out, seconds
+
+
+def _save_prediction(run: _Run, pair: ImagePair, out: PlaneOutput) -> None:
+    """Write ``<stem>_cvdm.tif`` and ``<stem>_cvdm_var.tif`` of ``pair.lr`` into
+    ``run.save_dir`` exactly as ``cvdm enhance`` writes them (same writer, provenance)."""
+    assert run.save_dir is not None
+    settings = dataclasses.replace(run.fast, save_samples=False)
+    job = FileJob(input=pair.lr, out_dir=run.save_dir)
+    with (
+        open_tiff(pair.lr) as inp,
+        FileOutputs(job, inp, settings, run.scale, run.model_ref) as files,
+    ):
+        files.write(dataclasses.replace(out, index=0))
+        files.commit()
 
 
 def score_samples(
@@ -530,16 +546,21 @@ def score_samples(
 
 def _score_pair(
     run: _Run,
-    stem: str,
-    lr: np.ndarray,
+    pair: ImagePair,
+    lr_raw: np.ndarray,
     hr: np.ndarray,
     psf: np.ndarray | None,
     *,
-    index: int,
     with_reference: bool,
     progress: _Progress,
 ) -> tuple[list[dict[str, Any]], Panels]:
-    """All methods on one pair: rows of scores and the figure panels."""
+    """All methods on one pair: rows of scores and the figure panels.
+
+    lr_raw: the LR plane in the file's dtype (cvdm samples it as ``cvdm enhance`` does);
+    the baselines and the figure work on it as float64. hr: float64, ``scale`` x the LR.
+    """
+    stem = pair.stem
+    lr = np.asarray(lr_raw, dtype=np.float64)
     progress.emit(f"{stem}: baselines")
     rows: list[dict[str, Any]] = []
     t0 = time.perf_counter()
@@ -555,8 +576,6 @@ def _score_pair(
             _row(stem, RL, fair_rl, steps=run.rl_iterations, seconds=time.perf_counter() - t0)
         )
 
-    cfg = run.model.config
-    x_norm, norm = percentile_normalize(lr, cfg.norm_low, cfg.norm_high)
     fair_cvdm, std_cvdm = None, None
     for sampler in run.samplers:
         if sampler == "reference" and not with_reference:
@@ -564,11 +583,18 @@ def _score_pair(
         method = FAST if sampler == "fast" else REFERENCE
         n_steps = run.steps if sampler == "fast" else run.reference_steps
 
-        def on_progress(done: int, total: int, detail: str = f"{stem}: {method}") -> None:
-            progress.emit(detail, extra=done)
+        settings = run.fast if sampler == "fast" else run.reference
+        share = settings.samples * n_steps  # this sampler's part of the image's passes
 
-        s, seconds = _sample(run, x_norm, norm, sampler, run.seed + index, on_progress)
-        progress.done += s.shape[0] * n_steps
+        def on_progress(
+            done: int, total: int, detail: str = f"{stem}: {method}", share: int = share
+        ) -> None:
+            progress.emit(detail, extra=round(share * done / max(total, 1)))
+
+        s, out, seconds = _sample(run, pair, lr_raw, settings, on_progress)
+        if sampler == "fast" and run.save_dir is not None:
+            _save_prediction(run, pair, out)
+        progress.done += share
         row, fair, std = score_samples(
             stem, method, s, hr, variance_smoothing=run.variance_smoothing,
             steps=n_steps, seconds=seconds,
@@ -610,8 +636,8 @@ def evaluate(
     lr_dir: str | os.PathLike[str],
     hr_dir: str | os.PathLike[str],
     *,
-    samples: int = 8,
-    steps: int = 20,
+    samples: int = DEFAULT_ENHANCE.samples,
+    steps: int = DEFAULT_ENHANCE.steps,
     samplers: Sequence[str] = ("fast", "reference"),
     reference_samples: int = 2,
     reference_limit: int | None = None,
@@ -626,12 +652,20 @@ def evaluate(
     psf_sigma_nm: float | None = None,
     seed: int = 0,
     sampler_seed: int | None = None,
-    tta: bool = TTA_DEFAULT,
-    antithetic: bool = False,
-    passes: int | str | Sequence[int] | None = None,
-    variance_smoothing: float = DEFAULT_VARIANCE_SMOOTHING,
+    tta: bool = DEFAULT_ENHANCE.tta,
+    antithetic: bool = DEFAULT_ENHANCE.antithetic,
+    passes: int | str | Sequence[int] | None = DEFAULT_ENHANCE.passes,
+    variance_smoothing: float = DEFAULT_ENHANCE.variance_smoothing,
+    tile: int | None = DEFAULT_ENHANCE.tile,
+    overlap: int = DEFAULT_ENHANCE.overlap,
+    tiling: str = DEFAULT_ENHANCE.tiling,
+    batch_size: int | None = DEFAULT_ENHANCE.batch_size,
     device: str = "cpu",
-    precision: str = "fp32",
+    precision: str = DEFAULT_ENHANCE.precision,
+    save_predictions: str | os.PathLike[str] | None = None,
+    model_name: str = "",
+    model_sha256: str = "",
+    model_source: str = "",
     progress: ProgressFn | None = None,
 ) -> EvaluationReport:
     """Score cvdm, bicubic and Richardson–Lucy on the pairs of ``lr_dir`` and ``hr_dir``.
@@ -652,9 +686,10 @@ def evaluate(
             plane is used); psf_sigma_nm: a Gaussian PSF of this sigma instead. Default: the
             simulator's PSF from ``params.json`` next to lr/ and hr/; with no PSF at all,
             RL is skipped with a notice.
-        seed: validation split and sampler noise (test image i uses seed + i).
-        sampler_seed: sampler noise only (test image i uses sampler_seed + i), so that
-            the same split and baselines can be rescored with other draws; default ``seed``.
+        seed: validation split and sampler noise: every image is sampled as plane 0 of
+            its file with this seed, as ``cvdm enhance --seed`` samples each file.
+        sampler_seed: sampler noise only, so that the same split and baselines can be
+            rescored with other draws; default ``seed``.
         antithetic: draw the samples in antithetic pairs, as ``cvdm enhance --antithetic``
             (:func:`cvdm_cli.sampling.noise.noise_mate`).
         passes: split the fast sampler's steps into passes that restart from t_max, as
@@ -664,6 +699,15 @@ def evaluate(
         variance_smoothing: Gaussian sigma (output pixels) over which the sample variance
             is pooled before its std is scored and drawn, as ``cvdm enhance`` writes it
             (:mod:`cvdm_cli.core.variance`); 0 scores the per-pixel sample std.
+        samples, steps, tta, antithetic, passes, variance_smoothing, tile, overlap, tiling,
+            batch_size, precision: the fields of the
+            :class:`~cvdm_cli.run.settings.EnhanceSettings` cvdm runs with, defaults from
+            there (the ``cvdm enhance`` defaults; the CLI gives the device's tile default).
+        save_predictions: a folder for each scored image's ``<stem>_cvdm.tif`` and
+            ``<stem>_cvdm_var.tif``, byte for byte what ``cvdm enhance`` writes for that LR
+            file with the same model, seed and settings (``model_name``/``model_sha256``
+            are recorded in their provenance; ``overwrite`` replaces existing ones).
+        model_source: how the report names the model file (when a loaded model is given).
         device: where a model loaded from a path goes ("cpu", "cuda", ...).
         precision: the denoiser's autocast, "fp32", "bf16" or "fp16" (resolved already:
             :func:`cvdm_cli.core.devices.pick_precision`); schedule and updates stay float32.
@@ -676,12 +720,26 @@ def evaluate(
     unknown = [s for s in samplers if s not in ("fast", "reference")]
     if unknown or not samplers:
         raise ConfigError(f"unknown sampler(s) {unknown}", hint="use 'fast' and/or 'reference'")
-    if min(samples, reference_samples, steps) < 1:
-        raise ConfigError("samples, reference samples and steps must be >= 1")
+    if reference_samples < 1:
+        raise ConfigError(
+            f"must be >= 1, got {reference_samples}", path="--reference-samples", hint="e.g. 2"
+        )
     if (limit is not None and limit < 1) or (rl_iterations is not None and rl_iterations < 1):
         raise ConfigError("limit and rl_iterations must be >= 1")
-    check_variance_smoothing(variance_smoothing)
-    fast_plan = tuple(resolve_passes("fast", steps, passes))
+    if passes is not None and not isinstance(passes, str):
+        passes = ",".join(str(n) for n in passes) if isinstance(passes, Sequence) else str(passes)
+    # what `cvdm enhance` would run with (validated here, once); samples kept for scoring
+    fast_settings = EnhanceSettings(
+        samples=samples, steps=steps, tile=tile, overlap=overlap, tiling=tiling,
+        batch_size=batch_size, precision=precision,
+        seed=seed if sampler_seed is None else sampler_seed,
+        tta=tta, antithetic=antithetic, passes=passes, variance_smoothing=variance_smoothing,
+        save_samples=True, overwrite=overwrite,
+    )  # fmt: skip
+    reference_settings = dataclasses.replace(
+        fast_settings, sampler="reference", samples=reference_samples, passes=None
+    )
+    fast_plan = fast_settings.pass_plan
     out = Path(out_dir) if out_dir is not None else None
     if out is not None:
         prepare_out(out, overwrite)
@@ -694,7 +752,8 @@ def evaluate(
     notices: list[str] = []
 
     def load(pair: ImagePair) -> tuple[np.ndarray, np.ndarray]:
-        lr, hr = read_plane(pair.lr), read_plane(pair.hr)
+        """(LR in the file's dtype, as cvdm enhance reads it; HR as float64)."""
+        lr, hr = read_plane(pair.lr, dtype=None), read_plane(pair.hr)
         if hr.shape != (scale * lr.shape[0], scale * lr.shape[1]):
             raise DataError(
                 f"HR is {hr.shape[0]}x{hr.shape[1]} but must be exactly {scale}x the LR "
@@ -723,7 +782,7 @@ def evaluate(
                 progress(ProgressEvent("tune-rl", done, total, "Richardson–Lucy iterations"))
 
         tuning = baselines.tune_rl_iterations(
-            [baselines.bicubic_upsample(lr, scale) for lr, _ in data],
+            [baselines.bicubic_upsample(lr.astype(np.float64), scale) for lr, _ in data],
             [hr for _, hr in data],
             [psfs.get(p.stem, p.lr) for p in val],
             rl_grid,
@@ -736,23 +795,23 @@ def evaluate(
     if "reference" in samplers:
         n_ref = len(test) if reference_limit is None else max(0, min(reference_limit, len(test)))
 
-    from cvdm_cli.sampling.schedules import count_steps
-
+    save_dir = None
+    if save_predictions is not None:
+        save_dir = prepare_output_dir(save_predictions)
     run = _Run(
         model=model,
         scale=scale,
         samplers=samplers,
-        samples=samples,
-        steps=count_steps("fast", steps, model.config.timesteps),
-        reference_samples=reference_samples,
-        reference_steps=count_steps("reference", steps, model.config.timesteps),
+        fast=fast_settings,
+        reference=reference_settings,
         rl_iterations=None if missing else (tuning.best if tuning else rl_iterations),
-        seed=seed if sampler_seed is None else sampler_seed,
-        tta=tta,
-        precision=precision,
-        antithetic=antithetic,
-        variance_smoothing=variance_smoothing,
-        passes=fast_plan,
+        model_ref=ModelRef(
+            path=str(model_path_or_model) if not hasattr(model_path_or_model, "config") else "",
+            device=str(model.device),
+            name=model_name or _model_name(model_source or model_path_or_model),
+            sha256=model_sha256,
+        ),
+        save_dir=save_dir,
     )
 
     # --- score every test image ----------------------------------------------------------
@@ -774,8 +833,8 @@ def evaluate(
         with_ref = index < n_ref
         track.start(index, run.calls(with_ref))
         pair_rows, panels = _score_pair(
-            run, pair.stem, lr, hr, None if missing else psfs.get(pair.stem, pair.lr),
-            index=index, with_reference=with_ref, progress=track,
+            run, pair, lr, hr, None if missing else psfs.get(pair.stem, pair.lr),
+            with_reference=with_ref, progress=track,
         )  # fmt: skip
         rows.extend(pair_rows)
         if writer is not None:
@@ -786,7 +845,7 @@ def evaluate(
     settings: dict[str, Any] = {
         "lr_dir": str(lr_dir),
         "hr_dir": str(hr_dir),
-        "model": _model_description(model_path_or_model, model),
+        "model": _model_description(model_source or model_path_or_model, model),
         "scale": scale,
         "samplers": list(samplers),
         "samples": samples if "fast" in samplers else None,
@@ -801,11 +860,17 @@ def evaluate(
         "rl_iterations": run.rl_iterations,
         "psf_source": None if missing else psfs.source,
         "seed": seed,
-        "sampler_seed": run.seed,
+        "sampler_seed": run.fast.seed,
+        # every image is plane 0 of its file, sampled with sampler_seed: cvdm enhance's draws
+        "seeding": "as cvdm enhance --seed sampler_seed on each LR file",
         "tta": tta,
         "antithetic": antithetic,
-        "passes": list(run.passes) if "fast" in samplers else None,
-        "grid_power": _fast_grid_power() if "fast" in samplers else None,
+        "passes": list(fast_plan) if "fast" in samplers else None,
+        "grid_power": FAST_GRID_POWER if "fast" in samplers else None,
+        "tile": run.fast.tile,
+        "overlap": run.fast.overlap,
+        "tiling": run.fast.tiling,
+        "predictions": None if save_dir is None else str(save_dir),
         "variance_smoothing": variance_smoothing,
         "device": str(model.device),
         "precision": precision,
@@ -831,11 +896,9 @@ def evaluate(
     return report
 
 
-def _fast_grid_power() -> float:
-    """The fast sampler's time-grid power (read at run time: benchmarks may set it)."""
-    from cvdm_cli.sampling import schedules as sampler
-
-    return float(sampler.FAST_GRID_POWER)
+def _model_name(spec: Any) -> str:
+    """How saved predictions name an in-memory model or a file (its stem), as enhance does."""
+    return "in-memory model" if hasattr(spec, "config") else Path(spec).stem
 
 
 def _model_description(spec: Any, model: CVDM) -> dict[str, Any]:

@@ -1,9 +1,9 @@
-"""Tables, files and figures of an evaluation (``cvdm evaluate``).
+"""Tables and files of an evaluation (``cvdm evaluate``).
 
 :class:`EvaluationReport` holds the scores and renders them as CSV, JSON and markdown;
-:func:`write_reports` writes those files atomically; :class:`FigureWriter` draws one PNG per
-image (input | bicubic | RL | cvdm | truth | std | abs error) and a summary figure, with
-matplotlib (the optional ``figures`` extra). The scoring itself is in
+:func:`write_reports` writes those files atomically. The figures (one PNG per image and a
+summary, with matplotlib) are drawn by :mod:`cvdm_cli.evaluation.figures`, whose
+:class:`FigureWriter` and :class:`Panels` are re-exported here. The scoring itself is in
 ``cvdm_cli.evaluation.evaluate``.
 """
 
@@ -13,15 +13,22 @@ import csv
 import io
 import json
 import math
-import os
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from cvdm_cli.errors import OutputExistsError, OutputNotWritableError
+from cvdm_cli.evaluation.figures import FigureWriter, Panels  # re-exported (evaluate.py)
+from cvdm_cli.io.atomic import write_text_atomic
+
+__all__ = [
+    "CSV_COLUMNS",
+    "EvaluationReport",
+    "FigureWriter",
+    "Panels",
+    "prepare_out",
+    "write_reports",
+]
 
 CSV_COLUMNS = (
     "stem",
@@ -44,19 +51,6 @@ CSV_COLUMNS = (
     "steps",
     "seconds",
 )
-SUMMARY_IMAGES = 6  # rows of the summary figure
-
-
-@dataclass
-class Panels:
-    """Display images of one pair on the output grid, in target units (float32)."""
-
-    stem: str
-    images: dict[str, np.ndarray | None]  # COLUMNS -> image or None (method not run)
-    title: str
-
-
-COLUMNS = ("input", "bicubic", "RL", "cvdm", "truth", "std", "abs error")
 
 
 # --- report ----------------------------------------------------------------------------
@@ -279,90 +273,12 @@ def prepare_out(out: Path, overwrite: bool) -> None:
         ) from None
 
 
-def _write_text(path: Path, text: str) -> None:
-    """Write via a temporary name so that a partial file never has the final name."""
-    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def write_reports(report: EvaluationReport, out: Path) -> None:
+    """Write ``metrics.csv``, ``report.md`` and ``report.json`` into ``out``, each atomically
+    (a partial file never has the final name)."""
     report.files.update(
         csv=str(out / "metrics.csv"), json=str(out / "report.json"), markdown=str(out / "report.md")
     )
-    _write_text(out / "metrics.csv", report.to_csv())
-    _write_text(out / "report.md", report.to_markdown())
-    _write_text(out / "report.json", json.dumps(report.to_dict(), indent=2) + "\n")
-
-
-class FigureWriter:
-    """PNG per image as soon as it is scored (memory stays flat), then the summary grid.
-
-    Uses matplotlib's object API with the Agg canvas (no pyplot, no global state).
-    Importing it raises ModuleNotFoundError when matplotlib is absent.
-    """
-
-    def __init__(self, out: Path) -> None:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-
-        self.Figure, self.Canvas = Figure, FigureCanvasAgg
-        self.out = out
-        self.kept: list[Panels] = []
-        self.files: dict[str, str] = {}
-
-    def _figure(self, rows: int) -> tuple[Any, np.ndarray]:
-        fig = self.Figure(figsize=(2.0 * len(COLUMNS), 2.1 * rows + 0.5), layout="constrained")
-        self.Canvas(fig)
-        return fig, np.atleast_2d(fig.subplots(rows, len(COLUMNS)))
-
-    def add(self, panels: Panels) -> None:
-        fig, axes = self._figure(1)
-        _draw_row(axes[0], panels, titles=True)
-        fig.suptitle(panels.title, fontsize=8)
-        folder = self.out / "figures"
-        folder.mkdir(exist_ok=True)
-        path = folder / f"{panels.stem}.png"
-        fig.savefig(path, dpi=100)
-        self.files[f"figure:{panels.stem}"] = str(path)
-        if len(self.kept) < SUMMARY_IMAGES:
-            self.kept.append(panels)
-
-    def finish(self, report: EvaluationReport) -> dict[str, str]:
-        if self.kept:
-            fig, axes = self._figure(len(self.kept))
-            for i, p in enumerate(self.kept):
-                _draw_row(axes[i], p, titles=i == 0)
-                axes[i][0].set_ylabel(p.stem, fontsize=8)
-            means = " · ".join(
-                f"{m} {s['mean']['psnr']:.2f} dB / {s['mean']['ssim']:.3f}"
-                for m, s in report.summary.items()
-            )
-            n = report.settings["n_scored"]
-            fig.suptitle(f"mean PSNR / SSIM over {n} image(s): {means}", fontsize=8)
-            path = self.out / "summary.png"
-            fig.savefig(path, dpi=100)
-            self.files["summary"] = str(path)
-        return self.files
-
-
-def _draw_row(axes: Sequence[Any], p: Panels, titles: bool) -> None:
-    """One image's panels; std and abs error share one colour scale so they compare."""
-    spread = [p.images[k] for k in ("std", "abs error") if p.images[k] is not None]
-    emax = max((float(np.percentile(a, 99.5)) for a in spread), default=1.0)
-    for ax, name in zip(axes, COLUMNS, strict=True):
-        ax.set_xticks([])
-        ax.set_yticks([])
-        if titles:
-            ax.set_title(name, fontsize=9)
-        img = p.images[name]
-        if img is None:
-            ax.text(0.5, 0.5, "not run", ha="center", va="center", transform=ax.transAxes)
-        elif name in ("std", "abs error"):
-            ax.imshow(img, cmap="magma", vmin=0.0, vmax=max(emax, 1e-12), interpolation="nearest")
-        else:  # intensities in target units: the truth's 0.1-99.9 percentiles are 0 and 1
-            ax.imshow(img, cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
+    write_text_atomic(out / "metrics.csv", report.to_csv())
+    write_text_atomic(out / "report.md", report.to_markdown())
+    write_text_atomic(out / "report.json", json.dumps(report.to_dict(), indent=2) + "\n")

@@ -5,10 +5,9 @@ This is the only module that imports huggingface_hub. It downloads with
 environment (HF_HOME / HF_HUB_CACHE, HF_HUB_OFFLINE, HF_ENDPOINT, HF_TOKEN); note that
 huggingface_hub reads most of them once, when it is first imported.
 
-Verification: a file is hashed (sha256) once; a small JSON marker in
-``$HF_HOME/cvdm/verified/`` then records the hash with the file's identity (real path,
-size, inode, device, mtime and ctime in ns), so later runs skip the hash until the file
-changes. Markers are best-effort: a read-only HF_HOME only means re-hashing each run.
+Verification: every downloaded or cached file is checked by sha256, through the
+verified-markers of :mod:`cvdm_cli.hub.verify` (which does not need huggingface_hub, so that
+packaged models are checked without importing it; its names are re-exported here).
 
 Network behaviour: a pinned (40-hex commit) file that is cached is used without any
 request. Otherwise one metadata request (HEAD, no retries, HF_HUB_ETAG_TIMEOUT seconds)
@@ -21,9 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import hashlib
 import inspect
-import json
 import os
 import re
 import sys
@@ -37,10 +34,37 @@ from huggingface_hub import constants
 from huggingface_hub import errors as hf_errors
 
 from cvdm_cli import errors
+from cvdm_cli.hub.verify import SHA256_RE as _SHA256_RE
+from cvdm_cli.hub.verify import (  # re-exported: the hub's checks are these
+    check_sha256,
+    marker_dir,
+    marker_sha256,
+    sha256_cached,
+    sha256_file,
+    write_marker,
+)
 
-_SHA256_RE = re.compile(r"[0-9a-f]{64}")
+__all__ = [
+    "Fetched",
+    "HubError",
+    "HubFile",
+    "blob_sha256",
+    "cache_root",
+    "cached_path",
+    "check_sha256",
+    "commit_of",
+    "discard",
+    "endpoint",
+    "fetch",
+    "is_offline",
+    "marker_dir",
+    "marker_sha256",
+    "sha256_cached",
+    "sha256_file",
+    "write_marker",
+]
+
 _COMMIT_RE = re.compile(r"[0-9a-f]{40}")
-_HASH_CHUNK = 4 * 1024 * 1024  # bytes read per hashlib update
 
 ProgressCallback = Callable[[int, "int | None"], None]  # (bytes done, bytes total or None)
 
@@ -99,103 +123,6 @@ def cache_root(cache_dir: str | os.PathLike[str] | None = None) -> Path:
 def endpoint() -> str:
     """The hub URL (HF_ENDPOINT, default https://huggingface.co)."""
     return str(constants.ENDPOINT)
-
-
-def marker_dir() -> Path:
-    """Where verified-markers live: ``$HF_HOME/cvdm/verified``."""
-    return Path(constants.HF_HOME).expanduser() / "cvdm" / "verified"
-
-
-# --- hashing and verified-markers ------------------------------------------------------
-
-
-def sha256_file(path: str | os.PathLike[str]) -> str:
-    """sha256 hex digest of a file, read in 4 MiB chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(_HASH_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _identity(path: Path) -> dict[str, Any]:
-    real = os.path.realpath(path)
-    st = os.stat(real)
-    return {
-        "path": real,
-        "size": st.st_size,
-        "inode": st.st_ino,
-        "device": st.st_dev,
-        "mtime_ns": st.st_mtime_ns,
-        "ctime_ns": st.st_ctime_ns,
-    }
-
-
-def _marker_file(real_path: str) -> Path:
-    return marker_dir() / (hashlib.sha256(real_path.encode()).hexdigest()[:32] + ".json")
-
-
-def marker_sha256(path: str | os.PathLike[str]) -> str | None:
-    """The hash recorded for ``path`` if its marker matches the file as it is now."""
-    try:
-        ident = _identity(Path(path))
-        record = json.loads(_marker_file(ident["path"]).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    if not isinstance(record, dict) or any(record.get(k) != v for k, v in ident.items()):
-        return None
-    sha = record.get("sha256")
-    return sha if isinstance(sha, str) and _SHA256_RE.fullmatch(sha) else None
-
-
-def write_marker(path: str | os.PathLike[str], sha256: str) -> bool:
-    """Record that ``path`` (as it is now) hashes to ``sha256``; False if not writable."""
-    try:
-        record = {**_identity(Path(path)), "sha256": sha256}
-        target = _marker_file(record["path"])
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f"{target.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(record), encoding="utf-8")
-        os.replace(tmp, target)
-    except OSError:
-        return False
-    return True
-
-
-def sha256_cached(path: str | os.PathLike[str], *, mark: bool = True) -> str:
-    """The file's sha256, from its marker when still valid, else hashed (and marked if
-    ``mark``)."""
-    sha = marker_sha256(path)
-    if sha is None:
-        sha = sha256_file(path)
-        if mark:
-            write_marker(path, sha)
-    return sha
-
-
-def check_sha256(
-    path: str | os.PathLike[str],
-    expected: str,
-    *,
-    label: str,
-    hint: str | None = None,
-    use_marker: bool = True,
-) -> None:
-    """Raise :class:`errors.ChecksumMismatchError` unless ``path`` hashes to ``expected``.
-
-    With ``use_marker`` a still-valid marker stands in for the hash; a fresh hash is
-    recorded in a marker either way.
-    """
-    actual = marker_sha256(path) if use_marker else None
-    if actual is None:
-        actual = sha256_file(path)
-        write_marker(path, actual)
-    if actual != expected:
-        raise errors.ChecksumMismatchError(
-            f"sha256 mismatch for {path}: expected {expected}, got {actual}",
-            path=label,
-            hint=hint or f"re-download with `cvdm models pull {label} --force`",
-        )
 
 
 # --- cache lookup -------------------------------------------------------------------------

@@ -16,15 +16,17 @@
 
 :func:`resolve_model` turns a ``--model`` value (a registry name, a local ``.safetensors``
 path, or ``hf://owner/repo/path/file.safetensors[@revision]``) into a local, checksummed
-file. Downloads, the hub cache and sha256 verification live in :mod:`cvdm_cli.hub.hf`, the
-only module that imports huggingface_hub; it is imported lazily here so that reading the
-registry costs nothing.
+file. Downloads and the hub cache live in :mod:`cvdm_cli.hub.hf`, the only module that
+imports huggingface_hub; it is imported lazily, only for hub entries and ``hf://`` specs, so
+that reading the registry and resolving a packaged or local model never load it. sha256
+checks and verified-markers are in :mod:`cvdm_cli.hub.verify` (standard library only).
 
 Maintainers: ``python -m cvdm_cli.hub.registry update-sha NAME`` (re)computes the sha256 of a
 model's file and writes it into weights.toml; ``python -m cvdm_cli.hub.registry check``
 validates the file.
 
-Only the standard library is imported at module level.
+Only the standard library and cvdm's torch-free helpers (errors, the weights format rule,
+atomic writes, sha256 checks) are imported at module level.
 """
 
 from __future__ import annotations
@@ -39,6 +41,15 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any, Literal
 
 from cvdm_cli import errors
+from cvdm_cli.hub import verify
+from cvdm_cli.io.atomic import write_text_atomic
+from cvdm_cli.io.weights import (
+    PICKLE_SUFFIXES,
+    WEIGHTS_SUFFIX,
+    refuse_unsafe_format,
+    weights_format_problem,
+    weights_suffix,
+)
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -48,16 +59,12 @@ else:  # pragma: no cover - Python 3.10 needs the tomli backport (same API)
 if TYPE_CHECKING:  # pragma: no cover
     from cvdm_cli.hub.hf import HubFile
 
-# Formats that unpickle (run code) on load: refused everywhere, whatever the source.
-PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".h5", ".hdf5", ".pkl", ".pickle", ".bin", ".keras")
-WEIGHTS_SUFFIX = ".safetensors"
-
 REGISTRY_ENV = "CVDM_REGISTRY"  # an alternative weights.toml (e.g. a facility's own models)
 PACKAGE_DIR = Path(__file__).resolve().parent.parent  # cvdm_cli/: weights.toml and models/
 PACKAGED_REGISTRY = PACKAGE_DIR / "weights.toml"
 
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
-_SHA256_RE = re.compile(r"[0-9a-f]{64}")
+_SHA256_RE = verify.SHA256_RE
 _COMMIT_RE = re.compile(r"[0-9a-f]{40}")
 _REPO_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*")
 
@@ -269,7 +276,7 @@ def _parse_entry(name: str, table: Any, base: Path, label: str) -> ModelEntry:
         raise errors.RegistryError(
             f"top-level key {name!r} is not a model table", path=label, hint=f"write [{name}]"
         )
-    if not _NAME_RE.fullmatch(name) or _suffix(name) in (WEIGHTS_SUFFIX, *PICKLE_SUFFIXES):
+    if not _NAME_RE.fullmatch(name) or weights_suffix(name) in (WEIGHTS_SUFFIX, *PICKLE_SUFFIXES):
         raise _bad(
             label, name, "name", "use letters, digits, '.', '_' or '-', no file suffix or '/'"
         )
@@ -388,21 +395,9 @@ def _check_relative(rel: str, name: str, key: str, label: str) -> None:
     pure = PurePosixPath(rel)
     if not rel or pure.is_absolute() or ".." in pure.parts or "\\" in rel:
         raise _bad(label, name, key, f"must be a relative path inside the source, got {rel!r}")
-    suffix = _suffix(rel)
-    if suffix in PICKLE_SUFFIXES:
-        raise _bad(
-            label,
-            name,
-            key,
-            f"{rel!r} is a pickle-based format ({suffix}) that can run code when loaded;"
-            " only .safetensors weights are allowed",
-        )
-    if suffix != WEIGHTS_SUFFIX:
-        raise _bad(label, name, key, f"{rel!r} is not a .safetensors file")
-
-
-def _suffix(name: str) -> str:
-    return PurePosixPath(name).suffix.lower()
+    problem = weights_format_problem(rel)
+    if problem is not None:
+        raise _bad(label, name, key, f"{rel!r}: {problem}")
 
 
 # --- resolution -------------------------------------------------------------------------
@@ -469,19 +464,7 @@ def parse_hf_spec(spec: str) -> HubFile:
 
 
 def _check_format(filename: str, label: str) -> None:
-    suffix = _suffix(filename)
-    if suffix in PICKLE_SUFFIXES:
-        raise errors.UnsafeWeightsFormatError(
-            f"refusing {suffix} weights: pickle-based formats can run code when loaded",
-            path=label,
-            hint="convert the checkpoint to .safetensors (cvdm only loads .safetensors)",
-        )
-    if suffix != WEIGHTS_SUFFIX:
-        raise errors.UnsafeWeightsFormatError(
-            f"not a .safetensors file ({suffix or 'no suffix'})",
-            path=label,
-            hint="cvdm only loads .safetensors weights",
-        )
+    refuse_unsafe_format(filename, path=label)
 
 
 def _looks_like_path(spec: str) -> bool:
@@ -489,7 +472,7 @@ def _looks_like_path(spec: str) -> bool:
     return (
         "/" in spec
         or os.sep in spec
-        or _suffix(spec) in (WEIGHTS_SUFFIX, *PICKLE_SUFFIXES)
+        or weights_suffix(spec) in (WEIGHTS_SUFFIX, *PICKLE_SUFFIXES)
         or spec.startswith(("~", "."))
     )
 
@@ -538,9 +521,7 @@ def resolve_entry(
     force: bool = False,
 ) -> ResolvedModel:
     """Resolve a registry entry (see :func:`resolve_model`)."""
-    from cvdm_cli.hub import hf as hub
-
-    if isinstance(entry.source, PackageSource):
+    if isinstance(entry.source, PackageSource):  # no huggingface_hub import on this path
         path = entry.source.file
         if not path.is_file():
             raise errors.WeightsError(
@@ -548,7 +529,7 @@ def resolve_entry(
                 path=path,
                 hint="reinstall cvdm-cli (the file ships inside the package)",
             )
-        hub.check_sha256(
+        verify.check_sha256(
             path,
             entry.sha256,
             label=entry.name,
@@ -562,6 +543,8 @@ def resolve_entry(
             verified=True,
             entry=entry,
         )
+
+    from cvdm_cli.hub import hf as hub
 
     src = entry.source
     file = hub.HubFile(repo_id=src.repo_id, filename=src.filename, revision=src.revision)
@@ -615,8 +598,6 @@ def _resolve_hf(
 
 
 def _resolve_local(spec: str) -> ResolvedModel:
-    from cvdm_cli.hub import hf as hub
-
     path = Path(spec).expanduser()
     _check_format(path.name, spec)
     if not path.is_file():
@@ -628,7 +609,7 @@ def _resolve_local(spec: str) -> ResolvedModel:
     path = path.resolve()
     # hashed for provenance only (nothing to check it against); no marker is written for
     # files outside the registry and the hub cache
-    sha = hub.sha256_cached(path, mark=False)
+    sha = verify.sha256_cached(path, mark=False)
     return ResolvedModel(name=path.stem, path=path, source="local", sha256=sha, verified=False)
 
 
@@ -671,10 +652,10 @@ class ModelStatus:
 
 
 def _local_file(entry: ModelEntry, cache_dir: Path | None) -> Path | None:
-    from cvdm_cli.hub import hf as hub
-
     if isinstance(entry.source, PackageSource):
         return entry.source.file if entry.source.file.is_file() else None
+    from cvdm_cli.hub import hf as hub
+
     src = entry.source
     return hub.cached_path(hub.HubFile(src.repo_id, src.filename, src.revision), cache_dir)
 
@@ -683,15 +664,18 @@ def model_status(
     entry: ModelEntry, *, cache_dir: str | os.PathLike[str] | None = None
 ) -> ModelStatus:
     """The :class:`ModelStatus` of a registry entry (no network, no hashing)."""
-    from cvdm_cli.hub import hf as hub
-
     cache = Path(cache_dir).expanduser() if cache_dir is not None else None
     path = _local_file(entry, cache)
     if path is None:
         return ModelStatus(entry, "missing" if entry.kind == "package" else "not cached")
-    marked = hub.marker_sha256(path)
+    marked = verify.marker_sha256(path)
     state = "unverified" if marked is None else "verified" if marked == entry.sha256 else "mismatch"
-    return ModelStatus(entry, state, path, path.stat().st_size, hub.commit_of(path))
+    revision = None
+    if entry.kind == "hub":  # a packaged file is in no hub snapshot
+        from cvdm_cli.hub import hf as hub
+
+        revision = hub.commit_of(path)
+    return ModelStatus(entry, state, path, path.stat().st_size, revision)
 
 
 @dataclass(frozen=True)
@@ -712,14 +696,12 @@ def verify_entry(
     entry: ModelEntry, *, cache_dir: str | os.PathLike[str] | None = None
 ) -> VerifyResult:
     """Re-hash a model's local file (ignoring markers) and compare with the registry."""
-    from cvdm_cli.hub import hf as hub
-
     cache = Path(cache_dir).expanduser() if cache_dir is not None else None
     path = _local_file(entry, cache)
     if path is None:
         return VerifyResult(entry, "missing" if entry.kind == "package" else "not cached")
-    actual = hub.sha256_file(path)
-    hub.write_marker(path, actual)
+    actual = verify.sha256_file(path)
+    verify.write_marker(path, actual)
     return VerifyResult(entry, "ok" if actual == entry.sha256 else "mismatch", path, actual)
 
 
@@ -763,10 +745,7 @@ def write_sha256(name: str, sha256: str, registry_path: Path) -> Path:
         lines.insert(insert, new_line)
     text = "".join(lines)
     parse_registry(text, path=target, base_dir=target.parent)  # never write an invalid file
-    tmp = target.with_name(f".{target.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, target)
-    return target
+    return write_text_atomic(target, text)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -784,8 +763,6 @@ def main(argv: list[str] | None = None) -> int:
     hsh.add_argument("file", type=Path)
     args = parser.parse_args(argv)
 
-    from cvdm_cli.hub import hf as hub
-
     path = args.registry if args.registry is not None else default_registry_path()
     try:
         if args.command == "check":
@@ -795,13 +772,13 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{entry.name}{mark}: {entry.kind}")
             return 0
         if args.command == "sha256":
-            print(hub.sha256_file(args.file))
+            print(verify.sha256_file(args.file))
             return 0
         file = args.file
         if file is None:
             file = _package_file_of(args.name, path)
         _check_format(file.name, str(file))
-        digest = hub.sha256_file(file)
+        digest = verify.sha256_file(file)
         written = write_sha256(args.name, digest, path)
         print(f"{args.name}: sha256 = {digest} ({file}) -> {written}")
         return 0

@@ -1,4 +1,4 @@
-"""Microscopy TIFF in and out: the only module that imports tifffile.
+"""Microscopy TIFF in and out (tifffile is imported only here and in :mod:`cvdm_cli.io.lzw`).
 
 Reading (:func:`open_tiff`): plain single/multi-page TIFF, ImageJ hyperstacks, OME-TIFF
 (single file), BigTIFF; uncompressed, zlib/deflate or LZW; striped or tiled; uint8, uint16,
@@ -10,7 +10,9 @@ Writing (:class:`OutputTiff`): float32, uncompressed, laid out by tifffile once 
 IFDs, a contiguous data block), then filled plane by plane with ``os.pwrite`` into a hidden
 temporary file ``.<name>.partial-<pid>`` next to the destination, which is renamed into
 place only by :meth:`OutputTiff.commit`. ImageJ hyperstack when it fits (< 4 GB, axes in
-TZCYX order), OME-TIFF otherwise (BigTIFF past 4 GB).
+TZCYX order), OME-TIFF otherwise (BigTIFF past 4 GB). :func:`write_plane_tiff` writes one
+small calibrated YX plane in one go (simulated training pairs). Both use the partial-file
+rule of :mod:`cvdm_cli.io.atomic`; the LZW fallback decoder is in :mod:`cvdm_cli.io.lzw`.
 
 Axes use CSBDeep / tifffile letters: T time, Z depth, C channel, Y, X, S sample (CSBDeep's
 batch axis when given by the user), Q/I other. See docs/io.md for the rules.
@@ -36,6 +38,8 @@ import numpy as np
 import tifffile
 
 from cvdm_cli import errors
+from cvdm_cli.io.atomic import atomic_path, partial_path, remove_quietly
+from cvdm_cli.io.lzw import install_lzw_fallback, lzw_decode
 
 __all__ = [
     "BIGTIFF_THRESHOLD",
@@ -48,7 +52,9 @@ __all__ = [
     "normalize_unit",
     "open_tiff",
     "output_spec",
+    "read_single_plane",
     "with_samples_axis",
+    "write_plane_tiff",
 ]
 
 # Letters a user may pass with --axes (CSBDeep's STCZYX plus tifffile's Q/I "other").
@@ -100,65 +106,8 @@ def normalize_unit(unit: str | None) -> str | None:
     return _UNIT_ALIASES.get(text.lower(), text)
 
 
-# ------------------------------------------------------------------------------------
-# LZW fallback: tifffile decodes LZW only through the optional imagecodecs package.
-# ------------------------------------------------------------------------------------
-
-
-def lzw_decode(data: bytes, *, out: Any = None) -> bytes:
-    """Decode TIFF LZW (MSB-first codes of 9-12 bits, early change; TIFF 6.0 section 13).
-
-    A pure-Python fallback used only when imagecodecs is not installed (it is ~50x slower).
-    ``out`` is the expected decoded size in bytes (as tifffile passes it) or ignored.
-    """
-    src = bytes(data) + b"\x00\x00\x00"
-    nbits = (len(data)) * 8
-    result = bytearray()
-    table: list[bytes] = [bytes((i,)) for i in range(256)] + [b"", b""]
-    width, pos, prev = 9, 0, b""
-    limit = out if isinstance(out, int) and out > 0 else None
-    while pos + width <= nbits:
-        b = pos >> 3
-        chunk = (src[b] << 16) | (src[b + 1] << 8) | src[b + 2]
-        code = (chunk >> (24 - width - (pos & 7))) & ((1 << width) - 1)
-        pos += width
-        if code == 256:  # clear code
-            del table[258:]
-            width, prev = 9, b""
-            continue
-        if code == 257:  # end of information
-            break
-        if code < len(table):
-            entry = table[code]
-            if prev:
-                table.append(prev + entry[:1])
-        elif prev and code == len(table):  # the KwKwK case
-            entry = prev + prev[:1]
-            table.append(entry)
-        else:
-            msg = f"corrupt LZW stream (code {code} with table size {len(table)})"
-            raise ValueError(msg)
-        result += entry
-        prev = entry
-        if limit is not None and len(result) >= limit:
-            break
-        # early change: the code width grows one code before the table fills
-        n = len(table) + 1
-        width = 12 if n >= 2048 else 11 if n >= 1024 else 10 if n >= 512 else 9
-    return bytes(result)
-
-
-def _install_lzw_fallback() -> None:
-    """Let tifffile decode LZW with :func:`lzw_decode` when imagecodecs is missing."""
-    try:
-        import imagecodecs  # noqa: F401
-    except ImportError:
-        codecs = getattr(tifffile.TIFF.DECOMPRESSORS, "_codecs", None)
-        if isinstance(codecs, dict):
-            codecs.setdefault(5, lzw_decode)
-
-
-_install_lzw_fallback()
+# LZW without imagecodecs: see cvdm_cli.io.lzw
+install_lzw_fallback()
 
 
 # ------------------------------------------------------------------------------------
@@ -823,8 +772,48 @@ def choose_layout(
 # ------------------------------------------------------------------------------------
 
 
-def _partial_name(final: Path) -> Path:
-    return final.with_name(f".{final.name}.partial-{os.getpid()}")
+# the pixel types ImageJ opens as they are (no conversion on load)
+IMAGEJ_DTYPES = (np.dtype(np.uint8), np.dtype(np.uint16), np.dtype(np.float32))
+
+
+def write_plane_tiff(
+    path: str | os.PathLike[str], plane: np.ndarray, *, pixel_nm: float, fsync: bool = True
+) -> Path:
+    """Write one YX plane as a small ImageJ TIFF with its pixel size, atomically.
+
+    Args:
+        path: the file to (over)write; written as ``.<name>.partial-<pid>`` first
+            (:func:`cvdm_cli.io.atomic.atomic_path`).
+        plane: (H, W) array of uint8, uint16 or float32 (ImageJ's own types), stored as it
+            is: uncompressed, one strip per tifffile's default, native byte order.
+        pixel_nm: the side of a (square) pixel in nm; stored in µm as ImageJ does
+            (``unit=um`` in the description, resolution tags in pixels per µm), so Fiji and
+            :func:`open_tiff` read ``pixel_size == (pixel_nm / 1000,) * 2`` in "µm".
+
+    The training pairs of ``cvdm simulate`` are written this way. Returns ``path``; an
+    OSError (read-only folder, disk full) propagates, leaving no file behind.
+    """
+    array = np.asarray(plane)
+    if array.ndim != 2:
+        msg = f"expected one (Y, X) plane, got shape {array.shape}"
+        raise ValueError(msg)
+    if array.dtype not in IMAGEJ_DTYPES:
+        msg = f"ImageJ TIFF planes are uint8, uint16 or float32, not {array.dtype}"
+        raise ValueError(msg)
+    if not (math.isfinite(pixel_nm) and pixel_nm > 0):
+        msg = f"pixel_nm must be a positive number, got {pixel_nm}"
+        raise ValueError(msg)
+    um = pixel_nm / 1000.0
+    path = Path(path)
+    with atomic_path(path, fsync=fsync) as tmp:
+        tifffile.imwrite(
+            tmp,
+            array,
+            imagej=True,
+            resolution=(1.0 / um, 1.0 / um),
+            metadata={"axes": "YX", "unit": "um"},
+        )
+    return path
 
 
 def _raise_write_error(exc: OSError, path: Path, what: str) -> None:
@@ -904,7 +893,7 @@ class OutputTiff:
         self.n_planes = int(np.prod(self.plane_index_shape, dtype=np.int64))
         self._written = np.zeros(self.n_planes, dtype=bool)
         self._next = 0
-        self.temp_path = _partial_name(self.final_path)
+        self.temp_path = partial_path(self.final_path)  # the rule of every atomic write
         self._create()
 
     def _check_spec(self) -> None:
@@ -1156,8 +1145,7 @@ class OutputTiff:
         self._remove_temp()
 
     def _remove_temp(self) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.temp_path)
+        remove_quietly(self.temp_path)
 
     def __enter__(self) -> OutputTiff:
         return self

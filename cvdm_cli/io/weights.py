@@ -1,52 +1,151 @@
 """Saving and loading CVDM weights: safetensors only, self-describing metadata.
 
-A weights file holds the state dict (float32) and, in its string metadata:
+The only module that imports safetensors. A weights file holds the state dict (float32)
+and, in its string metadata:
     "cvdm.format"   format version ("1")
     "cvdm.config"   ModelConfig as JSON (so the file alone rebuilds the model)
     "cvdm.norm"     normalisation rule as JSON: {"kind": "percentile", "low": .., "high": ..}
     "cvdm.scale"    the super-resolution factor
     "cvdm.info"     free-form JSON from ``save_weights(..., **info)`` (training data, steps,
                     validation metrics, ...); loaded back into ``model.info``
-Nothing is ever unpickled: paths in pickle-based formats are refused.
+Training checkpoints (:mod:`cvdm_cli.training.trainer`) go through the same generic
+:func:`write_tensors` / :func:`read_tensors`.
+
+Nothing is ever unpickled: :func:`weights_format_problem` is the one rule that refuses
+pickle-based formats (and anything else that is not ``.safetensors``), for local paths,
+registry entries and ``hf://`` specs alike.
+
+torch and safetensors are imported inside the functions that need them, so that the
+format checks cost nothing to import (the registry uses them while reading weights.toml).
 """
 
 from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
-from typing import Any
+from collections.abc import Mapping
+from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING, Any
 
-import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
-
-from cvdm_cli.core.config import ModelConfig
-from cvdm_cli.core.model import CVDM
 from cvdm_cli.errors import InputNotFoundError, InvalidWeightsError, UnsafeWeightsFormatError
+from cvdm_cli.io.atomic import atomic_path
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+    from torch import Tensor
+
+    from cvdm_cli.core.model import CVDM
 
 FORMAT_VERSION = "1"
+WEIGHTS_SUFFIX = ".safetensors"
+# Formats that unpickle (run code) on load: refused everywhere, whatever the source.
 PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".h5", ".hdf5", ".pkl", ".pickle", ".bin", ".keras")
+
+READ_HINT = "re-download or re-export the weights"
+
+
+# --- the format rule ------------------------------------------------------------------
+
+
+def weights_suffix(name: str | os.PathLike[str]) -> str:
+    """The lower-case suffix of a file name or path ("" when it has none); hub file names
+    and local paths alike ('/' separates folders in both)."""
+    return PurePosixPath(os.fspath(name)).suffix.lower()
+
+
+def weights_format_problem(name: str | os.PathLike[str]) -> str | None:
+    """Why a weights file called ``name`` is refused, or None for a ``.safetensors`` name.
+
+    Decided on the name alone, before any file is opened: pickle-based formats (see
+    :data:`PICKLE_SUFFIXES`) can run code when loaded.
+    """
+    suffix = weights_suffix(name)
+    if suffix == WEIGHTS_SUFFIX:
+        return None
+    if suffix in PICKLE_SUFFIXES:
+        return (
+            f"refusing {suffix}: a pickle-based format, which can run code when loaded; "
+            "only .safetensors weights are accepted"
+        )
+    return (
+        f"not a .safetensors file ({suffix or 'no suffix'}); only .safetensors weights are accepted"
+    )
+
+
+def refuse_unsafe_format(
+    name: str | os.PathLike[str], *, path: str | os.PathLike[str] | None = None
+) -> None:
+    """Raise :class:`UnsafeWeightsFormatError` (about ``path``, default ``name``) unless
+    ``name`` is a ``.safetensors`` name."""
+    problem = weights_format_problem(name)
+    if problem is None:
+        return
+    pickled = weights_suffix(name) in PICKLE_SUFFIXES
+    raise UnsafeWeightsFormatError(
+        problem,
+        path=name if path is None else path,
+        hint="convert the weights to .safetensors, or use a model from `cvdm models list`"
+        if pickled
+        else "pass a .safetensors file or a registry model name",
+    )
 
 
 def check_weights_path(path: str | os.PathLike[str]) -> Path:
     """Refuse anything that is not a .safetensors path (before opening it)."""
     p = Path(path)
-    suffix = p.suffix.lower()
-    if suffix in PICKLE_SUFFIXES:
-        raise UnsafeWeightsFormatError(
-            f"refusing to load a {suffix} file: only .safetensors weights are accepted "
-            "(pickle-based formats can run arbitrary code)",
-            path=p,
-            hint="convert the weights to .safetensors, or use a model from `cvdm models list`",
-        )
-    if suffix != ".safetensors":
-        raise UnsafeWeightsFormatError(
-            "only .safetensors weights are accepted",
-            path=p,
-            hint="pass a .safetensors file or a registry model name",
-        )
+    refuse_unsafe_format(p)
     return p
+
+
+# --- generic tensor files -----------------------------------------------------------------
+
+
+def write_tensors(
+    path: str | os.PathLike[str],
+    tensors: Mapping[str, Tensor],
+    metadata: Mapping[str, str],
+    *,
+    fsync: bool = True,
+) -> Path:
+    """Write contiguous CPU ``tensors`` and string ``metadata`` as one .safetensors file,
+    atomically (:func:`cvdm_cli.io.atomic.atomic_path`). Returns ``path``.
+
+    OSError (read-only folder, disk full) propagates after the temporary file is removed.
+    """
+    from safetensors.torch import save_file
+
+    p = Path(path)
+    with atomic_path(p, fsync=fsync) as tmp:
+        save_file(dict(tensors), str(tmp), metadata=dict(metadata))
+    return p
+
+
+def read_tensors(
+    path: str | os.PathLike[str],
+    *,
+    with_tensors: bool = True,
+    what: str = "a readable .safetensors file",
+    hint: str = READ_HINT,
+) -> tuple[dict[str, str], dict[str, Tensor]]:
+    """(metadata, tensors) of a .safetensors file; tensors on the CPU, {} unless
+    ``with_tensors``. The caller checks that the file exists first (with its own message).
+
+    Raises :class:`InvalidWeightsError` ``"not {what} (<reason>)"`` with ``hint`` for a file
+    safetensors cannot read.
+    """
+    from safetensors import safe_open
+
+    p = Path(path)
+    try:
+        with safe_open(str(p), framework="pt") as f:
+            meta = dict(f.metadata() or {})
+            tensors = {k: f.get_tensor(k) for k in f.keys()} if with_tensors else {}  # noqa: SIM118
+    except Exception as exc:  # SafetensorError, OSError, ValueError, ...: all a bad file
+        raise InvalidWeightsError(f"not {what} ({exc})", path=p, hint=hint) from None
+    return meta, tensors
+
+
+# --- CVDM weights -------------------------------------------------------------------------
 
 
 def weights_metadata(model: CVDM, info: dict[str, Any]) -> dict[str, str]:
@@ -62,43 +161,35 @@ def weights_metadata(model: CVDM, info: dict[str, Any]) -> dict[str, str]:
 
 def save_weights(model: CVDM, path: str | os.PathLike[str], **info: Any) -> Path:
     """Write ``model`` to ``path`` (.safetensors) atomically; ``info`` goes to metadata."""
+    import torch
+
     p = check_weights_path(path)
     state = {
         k: v.detach().to("cpu", torch.float32).contiguous() for k, v in model.state_dict().items()
     }
     merged = {**model.info, **info}
-    tmp = p.with_name(f".{p.name}.partial-{os.getpid()}")
-    try:
-        save_file(state, str(tmp), metadata=weights_metadata(model, merged))
-        os.replace(tmp, p)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return p
+    return write_tensors(p, state, weights_metadata(model, merged))
 
 
 def read_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
     """The string metadata of a .safetensors file (no tensors loaded)."""
-    from safetensors import safe_open
-
     p = check_weights_path(path)
     if not p.is_file():
         raise InputNotFoundError(
             "weights file not found", path=p, hint="check the path, or use a registry model name"
         )
-    try:
-        with safe_open(str(p), framework="pt") as f:
-            return dict(f.metadata() or {})
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise InvalidWeightsError(
-            f"not a readable .safetensors file ({exc})",
-            path=p,
-            hint="re-download or re-export the weights",
-        ) from None
+    meta, _ = read_tensors(p, with_tensors=False)
+    return meta
 
 
 def load_weights(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> CVDM:
     """Rebuild a CVDM from a weights file alone; ``model.info`` gets the free-form info."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from cvdm_cli.core.config import ModelConfig
+    from cvdm_cli.core.model import CVDM
+
     p = check_weights_path(path)
     meta = read_metadata(p)
     if "cvdm.config" not in meta:
@@ -112,9 +203,7 @@ def load_weights(path: str | os.PathLike[str], device: str | torch.device = "cpu
         info = json.loads(meta.get("cvdm.info", "{}"))
         state = load_file(str(p), device="cpu")
     except (SafetensorError, ValueError, TypeError) as exc:
-        raise InvalidWeightsError(
-            f"corrupt weights file ({exc})", path=p, hint="re-download or re-export the weights"
-        ) from None
+        raise InvalidWeightsError(f"corrupt weights file ({exc})", path=p, hint=READ_HINT) from None
     model = CVDM(config)
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:

@@ -12,8 +12,9 @@ Per file (:func:`enhance_file`): every YX plane of a T/Z/C stack is read, percen
 normalised with the model's percentiles (``NormParams`` per plane), sampled with
 :func:`cvdm_cli.sampling.plane.reconstruct_plane` (tiles x samples batched on the device, lambda(x)
 once per plane), denormalised (mean: inverse affine map; variance x ((hi-lo)/2)^2; std x
-(hi-lo)/2; difficulty lambda(x) unscaled) and written plane by plane into atomic
-:class:`cvdm_cli.io.tiff.OutputTiff` files. Outputs, next to the input or under ``-o``::
+(hi-lo)/2; difficulty lambda(x) unscaled) and written plane by plane through one
+:class:`cvdm_cli.run.outputs.FileOutputs` (atomic :class:`cvdm_cli.io.tiff.OutputTiff`
+files). Outputs, next to the input or under ``-o``::
 
     <stem>_cvdm.tif             mean of the samples            (enhance)
     <stem>_cvdm_var.tif         per-pixel variance             (or _cvdm_std.tif with --std)
@@ -42,9 +43,9 @@ from cvdm_cli import errors
 from cvdm_cli.core.devices import auto_batch_size
 from cvdm_cli.core.model import CVDM
 from cvdm_cli.io.tiff import TiffInput, open_tiff, output_spec
-from cvdm_cli.run.inputs import FileJob, prepare_output_dir
+from cvdm_cli.run.inputs import FileJob
 from cvdm_cli.run.models import get_model
-from cvdm_cli.run.outputs import _open_outputs, _skip_or_refuse, _StdStats, _write_plane
+from cvdm_cli.run.outputs import FileOutputs, skip_existing
 from cvdm_cli.run.plane import check_tiling, process_plane
 from cvdm_cli.run.settings import EnhanceSettings, ModelRef
 from cvdm_cli.sampling.plane import plan_for
@@ -112,6 +113,47 @@ class FileResult:
     exception: BaseException | None = field(default=None, repr=False)
     traceback: str | None = field(default=None, repr=False)
 
+    @classmethod
+    def of_job(cls, job: FileJob, settings: EnhanceSettings, status: Status) -> FileResult:
+        """The result of ``job`` before any work: its input, the outputs of ``settings``."""
+        outputs = {kind: str(path) for kind, path in job.outputs(settings).items()}
+        return cls(input=str(job.input), outputs=outputs, status=status)
+
+    def describe(self, inp: TiffInput, scale: int) -> None:
+        """Fill in the input's shape, axes and planes, and the mean output's shape, axes,
+        pixel size (the input's / ``scale``) and unit, from ``inp``'s header."""
+        self.shape = list(inp.shape)
+        self.axes = inp.axes
+        self.planes = inp.n_planes
+        shape, axes, px = output_spec(inp, scale)
+        self.output_shape = list(shape)
+        self.output_axes = axes
+        self.pixel_size = None if px is None else [px[0], px[1]]
+        self.unit = inp.unit
+
+    def add_timings(self, part: dict[str, float]) -> None:
+        """Add ``part`` (seconds per stage) to ``timings``, stage by stage."""
+        for key, value in part.items():
+            self.timings[key] = self.timings.get(key, 0.0) + value
+
+    def skip(self) -> None:
+        """Mark the file skipped: its outputs exist (see outputs.skip_existing)."""
+        self.status = "skipped"
+        self.reason = "outputs exist (pass --overwrite to redo)"
+
+    def fail(self, exc: BaseException | str, tb: str | None = None) -> None:
+        """Mark the file failed with ``exc`` (or an error line). An unexpected exception
+        (not errors.is_expected) keeps its traceback text: ``tb``, or the one being
+        handled."""
+        self.status = "failed"
+        if isinstance(exc, str):
+            self.error = exc
+            return
+        self.exception = exc
+        self.error = errors.describe(exc)
+        if not errors.is_expected(exc):
+            self.traceback = tb or traceback.format_exc()
+
     @property
     def input_megapixels(self) -> float:
         """Input pixels processed (planes done x Y x X), in millions."""
@@ -151,22 +193,6 @@ class FileResult:
         return out
 
 
-def _describe(result: FileResult, inp: TiffInput, scale: int) -> None:
-    result.shape = list(inp.shape)
-    result.axes = inp.axes
-    result.planes = inp.n_planes
-    shape, axes, px = output_spec(inp, scale)
-    result.output_shape = list(shape)
-    result.output_axes = axes
-    result.pixel_size = None if px is None else [px[0], px[1]]
-    result.unit = inp.unit
-
-
-def _add_timings(total: dict[str, float], part: dict[str, float]) -> None:
-    for key, value in part.items():
-        total[key] = total.get(key, 0.0) + value
-
-
 def enhance_file(
     job: FileJob,
     settings: EnhanceSettings,
@@ -183,33 +209,25 @@ def enhance_file(
     KeyboardInterrupt deletes the partial outputs and propagates.
     """
     rep = reporter or Reporter()
-    outputs = job.outputs(settings)
-    result = FileResult(
-        input=str(job.input), outputs={k: str(p) for k, p in outputs.items()}, status="done"
-    )
+    result = FileResult.of_job(job, settings, "done")
     started = time.perf_counter()
     try:
-        if _skip_or_refuse(job, outputs, settings) == "skip":
-            result.status = "skipped"
-            result.reason = "outputs exist (pass --overwrite to redo)"
+        if skip_existing(job, settings):
+            result.skip()
             return result, settings
         model = get_model(model_ref)
         scale = model.config.scale
         with open_tiff(job.input, axes=settings.axes) as inp:
-            _describe(result, inp, scale)
+            result.describe(inp, scale)
             result.tiles = len(plan_for(model, inp.plane_shape, settings.tile, settings.overlap))
             rep.file_started(job, inp.n_planes)
-            settings = _write_planes(job, inp, outputs, settings, model_ref, result, rep, executor)
+            settings = _write_planes(job, inp, settings, model_ref, scale, result, rep, executor)
     except KeyboardInterrupt:
         result.status = "interrupted"
         result.seconds = time.perf_counter() - started
         raise _Interrupted(result) from None
     except Exception as exc:  # a batch goes on past any failed file
-        result.status = "failed"
-        result.exception = exc
-        result.error = _error_text(exc)
-        if not isinstance(exc, (errors.CvdmError, OSError, MemoryError)):
-            result.traceback = traceback.format_exc()
+        result.fail(exc)
     result.seconds = time.perf_counter() - started
     return result, settings
 
@@ -222,31 +240,20 @@ class _Interrupted(Exception):
         self.result = result
 
 
-def _error_text(exc: BaseException) -> str:
-    if isinstance(exc, errors.CvdmError):
-        return exc.one_line()
-    if isinstance(exc, OSError) and exc.strerror:
-        where = f"{exc.filename}: " if exc.filename else ""
-        return f"{where}{exc.strerror}"
-    if isinstance(exc, MemoryError):
-        return "out of memory — use a smaller --tile or --batch-size"
-    return f"unexpected {type(exc).__name__}: {exc} — rerun with --debug and report it"
-
-
 def _write_planes(
     job: FileJob,
     inp: TiffInput,
-    outputs: dict[str, Path],
     settings: EnhanceSettings,
     model_ref: ModelRef,
+    scale: int,
     result: FileResult,
     rep: Reporter,
     executor: ThreadPoolExecutor | None,
 ) -> EnhanceSettings:
+    """Sample every plane of ``inp`` in order, reading the next one ahead in ``executor``
+    (or a thread of its own), and write them through one FileOutputs; returns the settings
+    that worked last (see process_plane)."""
     n = inp.n_planes
-    ny, nx = inp.plane_shape
-    scale = get_model(model_ref).config.scale
-    stats = _StdStats(n * ny * nx * scale * scale, settings.threshold)
     own_executor = executor is None and n > 1
     pool = ThreadPoolExecutor(1, thread_name_prefix="cvdm-read") if own_executor else executor
 
@@ -256,9 +263,7 @@ def _write_planes(
 
     pending: Future[tuple[np.ndarray, float]] | None = None
     try:
-        with contextlib.ExitStack() as stack:
-            prepare_output_dir(job.out_dir)
-            writers = _open_outputs(stack, inp, outputs, settings, scale, model_ref)
+        with FileOutputs(job, inp, settings, scale, model_ref, timings=result.timings) as outputs:
             for i in range(n):
                 if pending is not None:
                     t = time.perf_counter()
@@ -283,19 +288,12 @@ def _write_planes(
                 )
                 settings = out.settings
                 result.notices.extend(out.notices)
-                _add_timings(result.timings, {"read": t_read, "read_wait": wait})
-                _add_timings(result.timings, out.timings)
-                t = time.perf_counter()
-                _write_plane(writers, out, i)
-                _add_timings(result.timings, {"write": time.perf_counter() - t})
-                std = out.spread if settings.spread == "std" else np.sqrt(np.maximum(out.spread, 0))
-                stats.add(std)
-                result.planes_done = i + 1
+                result.add_timings({"read": t_read, "read_wait": wait})
+                result.add_timings(out.timings)
+                outputs.write(out)  # adds its "write" seconds
+                result.planes_done = outputs.planes_written
                 rep.plane_done(job, i)
-            t = time.perf_counter()
-            for writer in writers.values():
-                writer.commit()
-            _add_timings(result.timings, {"write": time.perf_counter() - t})
+            result.uncertainty = outputs.commit()
     finally:
         if pending is not None:
             pending.cancel()
@@ -303,7 +301,6 @@ def _write_planes(
                 pending.result()  # the reader must be done before the input closes
         if own_executor and pool is not None:
             pool.shutdown(wait=True)
-    result.uncertainty = stats.result()
     return settings
 
 
@@ -354,22 +351,18 @@ def plan_file(job: FileJob, settings: EnhanceSettings, model_ref: ModelRef) -> F
     and an estimated time: planes x tiles x samples x denoiser calls per sample x the
     per-tile time of one denoiser call at the batch size the run will use (timed on the
     device; the schedule map, blending and I/O, a few percent, are not counted)."""
-    outputs = job.outputs(settings)
-    result = FileResult(
-        input=str(job.input), outputs={k: str(p) for k, p in outputs.items()}, status="planned"
-    )
+    result = FileResult.of_job(job, settings, "planned")
     try:
-        if _skip_or_refuse(job, outputs, settings) == "skip":
-            result.status = "skipped"
-            result.reason = "outputs exist (pass --overwrite to redo)"
+        if skip_existing(job, settings):
+            result.skip()
         model = get_model(model_ref)
         with open_tiff(job.input, axes=settings.axes) as inp:
-            _describe(result, inp, model.config.scale)
+            result.describe(inp, model.config.scale)
             plan = plan_for(model, inp.plane_shape, settings.tile, settings.overlap)
     except Exception as exc:
         result.status = "failed"
         result.exception = exc
-        result.error = _error_text(exc)
+        result.error = errors.describe(exc)
         return result
     result.tiles = len(plan.tiles)
     calls = count_steps(settings.sampler, settings.steps, model.config.timesteps)

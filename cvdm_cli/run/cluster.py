@@ -13,7 +13,8 @@ single-process pipeline's, spread by ``dask.distributed``:
 - workers read inputs from shared storage and load the model once (:class:`ModelPlugin`
   warms :func:`cvdm_cli.run.get_model`'s per-process cache on every worker, also on
   workers that join or restart later).
-- the client alone writes outputs (:func:`run_batch_distributed`): each output file is an
+- the client alone writes outputs (:func:`run_batch_distributed`), through the same
+  :class:`cvdm_cli.run.outputs.FileOutputs` as a single process: each output file is an
   :class:`cvdm_cli.io.tiff.OutputTiff` (a hidden ``.<name>.partial-<pid>`` file in the
   destination folder), filled plane by plane as results arrive in any order, and renamed
   into place only when all its planes are written. A failed file, Ctrl-C (or SIGTERM, see
@@ -51,8 +52,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
-
 from cvdm_cli import errors
 
 try:
@@ -68,18 +67,11 @@ except ImportError as exc:  # the optional extra is missing (or broken)
     ) from None
 
 from cvdm_cli.core.devices import default_tile
-from cvdm_cli.io.tiff import OutputTiff, open_tiff
-from cvdm_cli.run.batch import (
-    BatchResult,
-    FileResult,
-    Reporter,
-    _add_timings,
-    _describe,
-    _error_text,
-)
-from cvdm_cli.run.inputs import FileJob, prepare_output_dir
+from cvdm_cli.io.tiff import open_tiff
+from cvdm_cli.run.batch import BatchResult, FileResult, Reporter
+from cvdm_cli.run.inputs import FileJob
 from cvdm_cli.run.models import clear_model_cache, get_model
-from cvdm_cli.run.outputs import _open_outputs, _skip_or_refuse, _StdStats, _write_plane
+from cvdm_cli.run.outputs import FileOutputs, skip_existing
 from cvdm_cli.run.plane import PlaneOutput, check_tiling, process_plane
 from cvdm_cli.run.settings import EnhanceSettings, ModelRef
 from cvdm_cli.sampling.plane import plan_for
@@ -686,51 +678,31 @@ class ClusterBatchResult(BatchResult):
         return out
 
 
-class _OrderedStd:
-    """A file's std statistics (pipeline's ``_StdStats``) fed in plane order, whatever
-    order the planes arrive in, so that the float64 sums equal a single-process run's."""
-
-    def __init__(self, total_pixels: int, threshold: float | None) -> None:
-        self.stats = _StdStats(total_pixels, threshold)
-        self.parts: dict[int, tuple[float, int, int, np.ndarray]] = {}
-
-    def add(self, index: int, std: np.ndarray) -> None:
-        # the same steps as _StdStats.add, kept per plane until the file is complete
-        s = self.stats
-        flat = std.ravel()
-        above = 0 if s.threshold is None else int(np.count_nonzero(flat > s.threshold))
-        part = (float(flat.sum(dtype=np.float64)), flat.size, above, flat[:: s.stride].copy())
-        self.parts[index] = part
-
-    def result(self) -> dict[str, float | None]:
-        s = self.stats
-        for index in sorted(self.parts):
-            total, count, above, kept = self.parts[index]
-            s.total += total
-            s.count += count
-            s.above += above
-            s.kept.append(kept)
-        self.parts.clear()
-        return s.result()
-
-
 @dataclass
 class _File:
-    """One input in flight: its open writers and what has come back."""
+    """One input in flight: its open outputs and the tasks still out.
+
+    plane_pixels: input pixels per plane (Y x X), for the workers' megapixels.
+    """
 
     order: int
     job: FileJob
     result: FileResult
-    n_planes: int
     plane_pixels: int
-    writers: dict[str, OutputTiff]
-    stack: contextlib.ExitStack
-    std: _OrderedStd
+    outputs: FileOutputs
     started: float
     next_plane: int = 0
-    done: int = 0
     futures: set[Any] = field(default_factory=set)
     closed: bool = False
+
+    @property
+    def n_planes(self) -> int:
+        return self.outputs.n_planes
+
+    @property
+    def done(self) -> int:
+        """Planes written so far (they come back in any order)."""
+        return self.outputs.planes_written
 
 
 class _Run:
@@ -778,67 +750,56 @@ class _Run:
     def _open(self, order: int, job: FileJob) -> _File | None:
         """Open the outputs of ``job`` (None: skipped or failed, already reported)."""
         settings = self.settings
-        outputs = job.outputs(settings)
-        result = FileResult(
-            input=str(job.input), outputs={k: str(p) for k, p in outputs.items()}, status="done"
-        )
+        result = FileResult.of_job(job, settings, "done")
         started = time.perf_counter()
-        stack = contextlib.ExitStack()
+        # a failure (or Ctrl-C) inside FileOutputs deletes the files it had created; one
+        # after it (closing the input) must delete them here
+        outputs: FileOutputs | None = None
         try:
-            if _skip_or_refuse(job, outputs, settings) == "skip":
-                result.status = "skipped"
-                result.reason = "outputs exist (pass --overwrite to redo)"
+            if skip_existing(job, settings):
+                result.skip()
                 self._finish(order, result)
                 return None
             with open_tiff(job.input, axes=settings.axes) as inp:  # the header only
-                _describe(result, inp, self.scale)
+                result.describe(inp, self.scale)
                 ny, nx = inp.plane_shape
                 plan = plan_for(self.net, inp.plane_shape, settings.tile, settings.overlap)
                 result.tiles = len(plan.tiles)
-                prepare_output_dir(job.out_dir)
-                writers = _open_outputs(stack, inp, outputs, settings, self.scale, self.ref)
-                n = inp.n_planes
+                outputs = FileOutputs(
+                    job, inp, settings, self.scale, self.ref, timings=result.timings
+                )
         except Exception as exc:
-            stack.close()
+            if outputs is not None:
+                outputs.abort()
             self._set_failed(result, exc, started)
             self._finish(order, result)
             return None
-        except BaseException:  # Ctrl-C while creating the outputs
-            stack.close()
+        except BaseException:  # Ctrl-C
+            if outputs is not None:
+                outputs.abort()
             raise
-        total = n * ny * nx * self.scale * self.scale
         f = _File(
             order=order,
             job=job,
             result=result,
-            n_planes=n,
             plane_pixels=ny * nx,
-            writers=writers,
-            stack=stack,
-            std=_OrderedStd(total, settings.threshold),
+            outputs=outputs,
             started=started,
         )
         self.files.append(f)
-        self.rep.file_started(job, n)
+        self.rep.file_started(job, f.n_planes)
         return f
 
     @staticmethod
     def _set_failed(
         result: FileResult, exc: BaseException | str, started: float, tb: str | None = None
     ) -> None:
-        result.status = "failed"
-        if isinstance(exc, str):
-            result.error = exc
-        else:
-            result.exception = exc
-            result.error = _error_text(exc)
-            if not isinstance(exc, (errors.CvdmError, OSError, MemoryError)):
-                result.traceback = tb or traceback.format_exc()
+        result.fail(exc, tb)
         result.seconds = time.perf_counter() - started
 
     def _close(self, f: _File) -> None:
         f.closed = True
-        f.stack.close()  # aborts (deletes) writers not committed
+        f.outputs.abort()  # deletes the partial files (a no-op once committed)
         if f.futures:
             with contextlib.suppress(Exception):
                 self.client.cancel(list(f.futures))
@@ -857,16 +818,13 @@ class _Run:
         self._finish(f.order, f.result)
 
     def _complete(self, f: _File) -> None:
-        t = time.perf_counter()
         try:
-            for writer in f.writers.values():
-                writer.commit()
+            uncertainty = f.outputs.commit()  # the statistics summed in plane order
         except Exception as exc:
             self._fail(f, exc)
             return
-        _add_timings(f.result.timings, {"write": time.perf_counter() - t})
         self._close(f)
-        f.result.uncertainty = f.std.result()
+        f.result.uncertainty = uncertainty
         f.result.seconds = time.perf_counter() - f.started
         self._finish(f.order, f.result)
 
@@ -966,14 +924,8 @@ class _Run:
             result.notices.extend(out.notices)
             for message in out.notices:
                 self.rep.notice(message)
-            _add_timings(result.timings, out.timings)
-            t = time.perf_counter()
-            _write_plane(f.writers, out, out.index)
-            _add_timings(result.timings, {"write": time.perf_counter() - t})
-            spread = out.spread
-            std = spread if self.settings.spread == "std" else np.sqrt(np.maximum(spread, 0))
-            f.std.add(out.index, std)
-            f.done += 1
+            result.add_timings(out.timings)
+            f.outputs.write(out)  # at plane out.index; adds its "write" seconds
             result.planes_done = f.done
             self.rep.plane_done(f.job, out.index)
 
@@ -1057,7 +1009,7 @@ def run_batch_distributed(
                 client.cancel(list(run.in_flight))
             for f in run.files:
                 if not f.closed:
-                    f.stack.close()
+                    f.outputs.abort()
     batch.seconds = time.perf_counter() - started
     batch.files = [run.results[k] for k in sorted(run.results)]
     batch.workers = sorted(run.workers.values(), key=lambda w: w.name)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from cvdm_cli import errors
 from cvdm_cli.run.outputs import OUTPUT_SUFFIXES
+from cvdm_cli.run.outputs import prepare_output_dir as prepare_output_dir  # moved; re-exported
 from cvdm_cli.run.settings import EnhanceSettings
 
 DEFAULT_GLOBS = ("*.tif", "*.tiff")
@@ -162,27 +163,3 @@ def _check_collisions(jobs: Sequence[FileJob]) -> None:
                     path=inputs[target],
                     hint="rename that input (names ending in _cvdm are cvdm outputs)",
                 )
-
-
-def prepare_output_dir(path: str | os.PathLike[str]) -> Path:
-    """Create ``-o`` (and its parents) and check it is writable; errors.OutputNotWritableError."""
-    folder = Path(path).expanduser()
-    if folder.exists() and not folder.is_dir():
-        raise errors.OutputNotWritableError(
-            "is a file, not a folder", path=folder, hint="give a folder for -o/--output"
-        )
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise errors.OutputNotWritableError(
-            f"cannot create the output folder ({exc.strerror})",
-            path=folder,
-            hint="choose a writable -o/--output folder",
-        ) from None
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise errors.OutputNotWritableError(
-            "output folder is not writable",
-            path=folder,
-            hint="choose a writable -o/--output folder or fix its permissions",
-        )
-    return folder

@@ -103,8 +103,37 @@ def process_plane(
             plane = inp.read_plane(index)
             label = label or f"{inp.path} {inp.plane_label(index)}"
         timings["read"] = time.perf_counter() - t0
-    label = label or f"{path} plane {index}"
-    model = get_model(model_ref)
+    out = enhance_plane(
+        get_model(model_ref),
+        plane,
+        index,
+        settings,
+        label=label or f"{path} plane {index}",
+        progress=progress,
+        notice=notice,
+    )
+    out.timings = {**timings, **out.timings}
+    return out
+
+
+def enhance_plane(
+    model: CVDM,
+    plane: np.ndarray,
+    index: int,
+    settings: EnhanceSettings,
+    *,
+    label: str,
+    progress: Callable[[int, int], None] | None = None,
+    notice: Callable[[str], None] | None = None,
+) -> PlaneOutput:
+    """Normalise, sample and denormalise one raw (Y, X) plane that is plane ``index`` of
+    its file: what :func:`process_plane` does after the read, on a model already loaded.
+
+    ``cvdm evaluate`` calls this on each LR image as plane 0, so its scores are scores of
+    the arrays ``cvdm enhance`` writes for that file with the same model and settings.
+    ``label`` names the plane in errors and notices.
+    """
+    timings: dict[str, float] = {}
     cfg = model.config
 
     t = time.perf_counter()
@@ -207,20 +236,8 @@ def _sample_with_fallback(
             rec = reconstruct_plane(
                 model,
                 norm,
-                tile=current.tile,
-                overlap=current.overlap if current.tile is not None else 0,
-                tiling=current.tiling,
-                samples=current.samples,
-                steps=current.steps,
-                sampler=current.sampler,
-                seed=current.seed,
-                tta=current.tta,
-                antithetic=current.antithetic,
-                passes=current.passes,
+                current,
                 plane_index=index,
-                batch_size=current.batch_size,
-                precision=current.precision,
-                eta=current.eta,
                 callback=progress,
                 return_samples=current.save_samples,
             )

@@ -5,21 +5,21 @@ Imported as ``from cvdm_cli import reconstruct, schedule_map``.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from cvdm_cli.core.devices import auto_batch_size
 from cvdm_cli.core.model import CVDM
 from cvdm_cli.errors import ConfigError
-from cvdm_cli.sampling import views
-from cvdm_cli.sampling.noise import NoiseSource, item_seeds, noise_mate, sample_view
-from cvdm_cli.sampling.passes import PassesSpec, resolve_passes
-from cvdm_cli.sampling.schedules import count_steps, make_schedules, resolve_eta
-from cvdm_cli.sampling.steps import ProgressCallback, make_eps_fn, run_passes
+from cvdm_cli.sampling.plane import PlaneReconstruction, plan_for, reconstruct_plane
+from cvdm_cli.sampling.schedules import count_steps
+from cvdm_cli.sampling.settings import CLIP, SamplerSettings
+from cvdm_cli.sampling.steps import ProgressCallback
 
 
 @dataclass
@@ -57,121 +57,73 @@ def pad_to_multiple(x: Tensor, multiple: int) -> tuple[Tensor, tuple[int, int]]:
     return x, (h, w)
 
 
-@torch.inference_mode()
 def reconstruct(
     model: CVDM,
     lowres: np.ndarray | Tensor,
+    settings: SamplerSettings | None = None,
     *,
-    samples: int = 8,
-    steps: int = 20,
-    sampler: str = "fast",
     generator: torch.Generator | None = None,
-    batch_size: int | None = None,
     callback: ProgressCallback | None = None,
     return_samples: bool = False,
-    eta: float | None = None,
-    precision: str = "fp32",
-    clip: float | None = 4.0,
-    tta: bool = False,
-    antithetic: bool = False,
-    passes: PassesSpec = None,
+    clip: float | None = CLIP,
+    **changes: Any,
 ) -> Reconstruction:
-    """Sample the model ``samples`` times per image; return mean and variance.
+    """Sample the model ``settings.samples`` times per image; return mean and variance.
 
-    lowres: normalised low-res image(s), (h, w) or (N, 1, h, w), on the model's device.
-    Outputs are on the (scale*h, scale*w) grid. Memory does not grow with ``samples``
-    (streaming Welford) unless ``return_samples``. ``batch_size`` counts image-samples per
-    denoiser call. ``callback(done, total)`` after each call, in image-sample passes.
-    ``tta``: sample k is drawn from view k % 8 of the input and mapped back
-    (:mod:`cvdm_cli.sampling.views`); the same number of denoiser passes. ``antithetic``: sample
-    2j + 1 draws the negated noise of sample 2j, in the same view (:func:`noise_mate`).
-    ``passes``: split the steps into passes, each restarting from the last one's sample
-    noised back to t_max (:func:`run_passes`; a count or the steps per pass,
-    :func:`cvdm_cli.sampling.passes.resolve_passes`; None: passes of 2 steps); the same
-    denoiser calls.
+    lowres: normalised low-res image(s), (h, w) or (N, 1, h, w). Outputs are on the
+    (scale*h, scale*w) grid, in normalised units. Each image goes through the one sampling
+    driver (:func:`cvdm_cli.sampling.plane.reconstruct_plane`) as plane ``i`` of a file, so
+    ``reconstruct(model, x, seed=s)`` draws what ``cvdm enhance --seed s`` draws for the
+    same normalised plane and settings.
+
+    settings: the sampling settings (default: ``SamplerSettings(tile=None)``, the
+    command-line defaults on whole images); keyword ``changes`` replace fields of it
+    (``samples=4, steps=10, tta=False, ...``). generator: if given, the seed is drawn from
+    it instead of ``settings.seed``. ``callback(done, total)`` in tile-sample denoiser
+    passes over all images. Memory does not grow with the samples unless ``return_samples``.
     """
-    if samples < 1:
-        raise ConfigError(f"samples must be >= 1, got {samples}")
-    model.prepare_inference()
-    device = model.device
-    lr, squeeze = _as_batch(lowres, device)
-    h, w = model.config.scale * lr.shape[-2], model.config.scale * lr.shape[-1]
-    n_img = lr.shape[0]
-    items = [(i, k) for i in range(n_img) for k in range(samples)]  # image-major order
-    seeds = item_seeds(generator, len(items))  # seeds do not depend on views
-    mates = [(i, *noise_mate(k, antithetic)) for i, k in items]  # (image, mate, sign)
-    noise = NoiseSource([seeds[i * samples + m] for i, m, _ in mates], [g for _, _, g in mates])
+    base = settings if settings is not None else SamplerSettings(tile=None)
+    s = dataclasses.replace(base, **changes) if changes else base
+    if generator is not None:
+        seed = int(torch.randint(0, 2**62, (1,), generator=generator).item())
+        s = dataclasses.replace(s, seed=seed)
+    batch, squeeze = _as_batch(lowres, torch.device("cpu"))
+    planes = batch[:, 0].numpy()
+    done_before = 0
+    outs: list[PlaneReconstruction] = []
+    for i, plane in enumerate(planes):
 
-    def view(k: int) -> int:
-        return sample_view(k, tta, antithetic)
+        def on_progress(done: int, total: int, offset: int = done_before) -> None:
+            if callback is not None:
+                callback(offset + done, total * len(planes))
 
-    # condition and lambda(x) once per image and view, shared by that view's samples
-    used = sorted({view(k) for k in range(samples)})
-    xs, lams = {}, {}
-    for v in used:
-        xs[v], _ = pad_to_multiple(model.condition(views.forward(lr, v)), model.pad_multiple)
-        lams[v] = model.lam(xs[v])
-    bs = batch_size or auto_batch_size(xs[0].shape[-1] * xs[0].shape[-2], device)
-    plan = resolve_passes(sampler, steps, passes)
-    n_steps = count_steps(sampler, steps, model.config.timesteps)
-    total, done = len(items) * n_steps, 0
-    eta_value = resolve_eta(sampler, eta)
-
-    count = np.zeros(n_img, dtype=np.int64)
-    mean = torch.zeros((n_img, 1, h, w), device=device)
-    m2 = torch.zeros_like(mean)
-    kept = torch.zeros((samples, n_img, 1, h, w)) if return_samples else None
-
-    # items whose views have the same padded shape share batches (all of them when h == w)
-    groups: dict[tuple[int, ...], list[int]] = {}
-    for j, (_, k) in enumerate(items):
-        groups.setdefault(tuple(xs[view(k)].shape[-2:]), []).append(j)
-    for members in groups.values():
-        for start in range(0, len(members), bs):
-            chunk = members[start : start + bs]
-            # (image, view) of each item in the chunk
-            keys = [(items[j][0], view(items[j][1])) for j in chunk]
-            x_b = torch.stack([xs[v][i] for i, v in keys])
-            lam_b = torch.stack([lams[v][i] for i, v in keys])
-            schedules = make_schedules(model, lam_b, sampler, plan)
-            shape = tuple(x_b.shape[1:])
-            z = noise.draw(chunk, shape, device)
-
-            def on_step(n_items: int = len(chunk)) -> None:
-                nonlocal done
-                done += n_items
-                if callback is not None:
-                    callback(done, total)
-
-            r = run_passes(
-                make_eps_fn(model, x_b, precision),
-                schedules,
-                z,
-                eta=eta_value,
-                noise=lambda c=chunk, s=shape: noise.draw(c, s, device),
+        outs.append(
+            reconstruct_plane(
+                model,
+                plane,
+                s,
+                plane_index=i,
+                callback=on_progress,
+                return_samples=return_samples,
                 clip=clip,
-                on_step=on_step,
             )
-            y_b = x_b + r
-            for row, j in enumerate(chunk):  # Welford, one sample at a time
-                i, k = items[j]
-                v = keys[row][1]
-                vh, vw = views.view_shape((h, w), v)
-                y = views.inverse(y_b[row, :, :vh, :vw], v)
-                count[i] += 1
-                delta = y - mean[i]
-                mean[i] += delta / count[i]
-                m2[i] += delta * (y - mean[i])
-                if kept is not None:
-                    kept[k, i] = y.cpu()
-
-    var = m2 / max(samples - 1, 1)
-    out_mean, out_var = mean.cpu().numpy(), var.cpu().numpy()
-    out_samples = None if kept is None else kept.numpy()
+        )
+        done_before += _passes_of(model, plane.shape, s)
+    mean = np.stack([o.mean for o in outs])[:, None]
+    var = np.stack([o.var for o in outs])[:, None]
+    samples = None
+    if return_samples:
+        samples = np.stack([o.samples for o in outs], axis=1)[:, :, None]  # (K, N, 1, H, W)
     if squeeze:
-        out_mean, out_var = out_mean[0, 0], out_var[0, 0]
-        out_samples = None if out_samples is None else out_samples[:, 0, 0]
-    return Reconstruction(mean=out_mean, var=out_var, samples=out_samples)
+        mean, var = mean[0, 0], var[0, 0]
+        samples = None if samples is None else samples[:, 0, 0]
+    return Reconstruction(mean=mean, var=var, samples=samples)
+
+
+def _passes_of(model: CVDM, lr_shape: tuple[int, int], s: SamplerSettings) -> int:
+    """Tile-sample denoiser passes of one plane (the driver's progress total)."""
+    tiles = len(plan_for(model, lr_shape, s.tile, s.overlap if s.tile is not None else 0).tiles)
+    return s.samples * tiles * count_steps(s.sampler, s.steps, model.config.timesteps)
 
 
 @torch.inference_mode()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -53,3 +54,33 @@ def item_seeds(generator: torch.Generator | None, count: int) -> list[int]:
     if generator is None:
         generator = torch.Generator().manual_seed(int(torch.seed()) % (2**63))
     return torch.randint(0, 2**62, (count,), generator=generator).tolist()
+
+
+def draw_seed(seed: int, plane_index: int, key: int, sample: int) -> int:
+    """The seed of one noise stream: a hash of (seed, plane index, key, sample), so a
+    draw does not depend on batching, tile order or the number of devices. key: -1 (as
+    uint32) for a whole-plane latent (sync tiling), a tile's key for a tile."""
+    ss = np.random.SeedSequence(
+        [
+            int(seed) & 0xFFFFFFFF,
+            int(seed) >> 32,
+            int(plane_index),
+            int(key) & 0xFFFFFFFF,
+            int(key) >> 32,
+            int(sample),
+            0x5A,
+        ]
+    )
+    return int(ss.generate_state(1, dtype=np.uint64)[0] & np.uint64(2**63 - 1))
+
+
+def plane_noise(
+    seed: int, plane_index: int, draws: Sequence[tuple[int, int]], *, antithetic: bool
+) -> NoiseSource:
+    """Noise streams for (key, sample) draws of one plane; an antithetic mate replays its
+    partner's stream negated (:func:`noise_mate`)."""
+    mates = [(key, *noise_mate(k, antithetic)) for key, k in draws]
+    return NoiseSource(
+        [draw_seed(seed, plane_index, key, m) for key, m, _ in mates],
+        [sign for _, _, sign in mates],
+    )

@@ -36,12 +36,11 @@ from cvdm_cli.core.model import CVDM
 from cvdm_cli.core.tiling import TilePlan, plan_tiles, tile_seed, tile_weights, weight_sum
 from cvdm_cli.errors import ConfigError
 from cvdm_cli.sampling import views
-from cvdm_cli.sampling.noise import NoiseSource, noise_mate, sample_view
-from cvdm_cli.sampling.passes import PassesSpec, resolve_passes
-from cvdm_cli.sampling.schedules import count_steps, make_schedules, resolve_eta
+from cvdm_cli.sampling.noise import NoiseSource, plane_noise, sample_view
+from cvdm_cli.sampling.schedules import count_steps, make_schedules
+from cvdm_cli.sampling.settings import CLIP, DEFAULT_SAMPLING, TILINGS, SamplerSettings
 from cvdm_cli.sampling.steps import ProgressCallback, make_eps_fn, run_passes
 
-TILINGS = ("sync", "independent")
 SAMPLE_CHUNK = 8  # samples held as planes at once (memory ~ SAMPLE_CHUNK planes)
 
 
@@ -57,21 +56,6 @@ class PlaneReconstruction:
     var: np.ndarray
     difficulty: np.ndarray
     samples: np.ndarray | None = None
-
-
-def _sample_seed(seed: int, plane_index: int, key: int, sample: int) -> int:
-    ss = np.random.SeedSequence(
-        [
-            int(seed) & 0xFFFFFFFF,
-            int(seed) >> 32,
-            int(plane_index),
-            int(key) & 0xFFFFFFFF,
-            int(key) >> 32,
-            int(sample),
-            0x5A,
-        ]
-    )
-    return int(ss.generate_state(1, dtype=np.uint64)[0] & np.uint64(2**63 - 1))
 
 
 def plan_for(model: CVDM, lr_shape: tuple[int, int], tile: int | None, overlap: int) -> TilePlan:
@@ -170,65 +154,48 @@ class _Welford:
 def reconstruct_plane(
     model: CVDM,
     lowres: np.ndarray,
+    settings: SamplerSettings = DEFAULT_SAMPLING,
     *,
-    tile: int | None = None,
-    overlap: int = 32,
-    tiling: str = "sync",
-    samples: int = 8,
-    steps: int = 20,
-    sampler: str = "fast",
-    seed: int = 0,
     plane_index: int = 0,
-    batch_size: int | None = None,
-    precision: str = "fp32",
-    eta: float | None = None,
-    clip: float | None = 4.0,
     callback: ProgressCallback | None = None,
     return_samples: bool = False,
-    tta: bool = False,
-    antithetic: bool = False,
-    passes: PassesSpec = None,
+    clip: float | None = CLIP,
 ) -> PlaneReconstruction:
     """Sample one normalised plane (h, w) in tiles; outputs on the (scale*h, scale*w) grid.
 
-    tile/overlap in output pixels (tile=None: the whole plane at once). ``batch_size``
-    counts tile-samples per denoiser call (default from the device). ``callback(done,
-    total)`` in tile-sample passes. ``tta``: sample k is drawn from view k % 8 of the plane
-    (:mod:`cvdm_cli.sampling.views`) and mapped back; the noise of sample k does not depend on it.
-    ``antithetic``: sample 2j + 1 draws the negated noise of sample 2j, in the same view
-    (:func:`cvdm_cli.sampling.noise.noise_mate`). ``passes``: restarts from t_max
-    (:func:`cvdm_cli.sampling.steps.run_passes`; None: passes of 2 steps).
+    The one sampling driver: ``cvdm enhance``, ``cvdm uncertainty``, ``cvdm evaluate``,
+    the public :func:`cvdm_cli.sampling.api.reconstruct` and the trainer's validation all
+    come here, so the same settings, seed and plane index give the same draws everywhere.
+    ``settings`` (:class:`~cvdm_cli.sampling.settings.SamplerSettings`): tile/overlap in
+    output pixels (tile None: the whole plane at once), batch size in tile-samples per
+    denoiser call (None: from the device), TTA (sample k from view k % 8 of the plane,
+    mapped back; the noise of sample k does not depend on it), antithetic pairs, passes.
+    Noise depends on (seed, plane_index, tile position, sample) only.
+    ``callback(done, total)`` in tile-sample denoiser passes.
     """
-    if tiling not in TILINGS:
-        raise ConfigError(
-            f"unknown tiling {tiling!r}", path="--tiling", hint="use sync or independent"
-        )
-    if samples < 1:
-        raise ConfigError(f"samples must be >= 1, got {samples}", path="--samples")
     model.prepare_inference()
     lowres = np.asarray(lowres, dtype=np.float32)
     if lowres.ndim != 2:
         raise ConfigError(f"a plane must be 2D, got shape {lowres.shape}")
+    samples = settings.samples
     # views of one shape share a tile plan: one group, or two for a non-square plane
     groups: dict[tuple[int, int], list[int]] = {}
 
     def view(k: int) -> int:
-        return sample_view(k, tta, antithetic)
+        return sample_view(k, settings.tta, settings.antithetic)
 
     for v in sorted({view(k) for k in range(samples)}):
         groups.setdefault(views.view_shape(lowres.shape, v), []).append(v)
-    plans = {shape: plan_for(model, shape, tile, overlap) for shape in groups}
-    plan0 = plans[lowres.shape]
-    th, tw = plan0.tile_shape
-    bs = batch_size or auto_batch_size(th * tw, model.device)
-    eta_value = resolve_eta(sampler, eta)
-    n_steps = count_steps(sampler, steps, model.config.timesteps)
-    plan = tuple(resolve_passes(sampler, steps, passes))
+    overlap = settings.overlap if settings.tile is not None else 0
+    plans = {shape: plan_for(model, shape, settings.tile, overlap) for shape in groups}
+    th, tw = plans[lowres.shape].tile_shape
+    bs = settings.batch_size or auto_batch_size(th * tw, model.device)
+    n_steps = count_steps(settings.sampler, settings.steps, model.config.timesteps)
     shape_of_sample = [views.view_shape(lowres.shape, view(k)) for k in range(samples)]
     passes_per_step = sum(len(plans[shape].tiles) for shape in shape_of_sample)
     progress = _Progress(callback, passes_per_step * n_steps)
-    spec = _Spec(sampler, seed, plane_index, bs, precision, eta_value, clip, antithetic, plan)
-    run = _sample_sync if tiling == "sync" else _sample_independent
+    draw = _PlaneDraw(settings, plane_index, bs, clip)
+    run = _sample_sync if settings.tiling == "sync" else _sample_independent
 
     stats = _Welford()
     kept: dict[int, Tensor] = {}
@@ -249,7 +216,7 @@ def reconstruct_plane(
             for c0 in range(0, len(ks_all), SAMPLE_CHUNK):
                 ks = ks_all[c0 : c0 + SAMPLE_CHUNK]
                 slots = [view_set.index(view(k)) for k in ks]
-                planes = run(model, tiles, ks, slots, spec, progress)  # (len(ks), Hp, Wp)
+                planes = run(model, tiles, ks, slots, draw, progress)  # (len(ks), Hp, Wp)
                 for k, slot, plane in zip(ks, slots, planes, strict=True):
                     y = views.inverse(tiles.crop(plane), view_set[slot])
                     stats.add(y)
@@ -265,27 +232,20 @@ def reconstruct_plane(
 
 
 @dataclass(frozen=True)
-class _Spec:
-    """Sampling settings shared by both tiling modes."""
+class _PlaneDraw:
+    """The settings of one plane's sampling plus what is fixed per plane: its index (part
+    of every noise seed), the batch size in use and the x0 clip."""
 
-    sampler: str
-    seed: int
+    settings: SamplerSettings
     plane_index: int
     batch: int
-    precision: str
-    eta: float
     clip: float | None
-    antithetic: bool = False
-    plan: tuple[int, ...] = ()  # steps per pass (``passes.resolve_passes``)
 
     def noise(self, draws: list[tuple[int, int]]) -> NoiseSource:
-        """Noise for (key, sample) draws: key -1 for a whole plane, a tile's key for a tile;
-        an antithetic mate replays its partner's stream negated (``noise_mate``)."""
-        mates = [(key, *noise_mate(k, self.antithetic)) for key, k in draws]
-        return NoiseSource(
-            [_sample_seed(self.seed, self.plane_index, key, m) for key, m, _ in mates],
-            [sign for _, _, sign in mates],
-        )
+        """Noise for (key, sample) draws: key -1 for a whole plane, a tile's key for a tile
+        (:func:`cvdm_cli.sampling.noise.plane_noise`)."""
+        s = self.settings
+        return plane_noise(s.seed, self.plane_index, draws, antithetic=s.antithetic)
 
 
 class _Progress:
@@ -314,20 +274,26 @@ def _sample_sync(
     tiles: _PlaneTiles,
     ks: list[int],
     slots: list[int],
-    spec: _Spec,
+    draw: _PlaneDraw,
     progress: _Progress,
 ) -> Tensor:
     """MultiDiffusion: one latent per sample on the padded plane; returns (K, Hp, Wp).
 
     Sample ks[i] is drawn from the view in slot slots[i] of ``tiles``."""
-    sampler = spec.sampler
-    batch, precision, eta, clip = spec.batch, spec.precision, spec.eta, spec.clip
+    s = draw.settings
+    sampler, batch, precision, eta, clip = (
+        s.sampler,
+        draw.batch,
+        s.precision,
+        s.eta_value,
+        draw.clip,
+    )
     device = model.device
     plan = tiles.plan
     lam_plane = _per_sample(tiles, tiles.lam, slots)  # (K or 1, 1, Hp, Wp)
     x_plane = _per_sample(tiles, tiles.x, slots)
-    schedules = make_schedules(model, lam_plane, sampler, spec.plan)
-    noise = spec.noise([(-1 & 0xFFFFFFFF, k) for k in ks])
+    schedules = make_schedules(model, lam_plane, sampler, s.pass_plan)
+    noise = draw.noise([(-1 & 0xFFFFFFFF, k) for k in ks])
     items = list(range(len(ks)))
     shape = (1, *plan.padded_out_shape)
     n_tiles = tiles.n_tiles
@@ -367,18 +333,19 @@ def _sample_independent(
     tiles: _PlaneTiles,
     ks: list[int],
     slots: list[int],
-    spec: _Spec,
+    draw: _PlaneDraw,
     progress: _Progress,
 ) -> Tensor:
     """Each (tile, sample) on its own trajectory, blended per sample: (K, Hp, Wp).
 
     Sample ks[i] is drawn from the view in slot slots[i] of ``tiles``."""
-    sampler, seed, plane_index = spec.sampler, spec.seed, spec.plane_index
-    batch, precision, eta, clip = spec.batch, spec.precision, spec.eta, spec.clip
+    s = draw.settings
+    sampler, seed, plane_index = s.sampler, s.seed, draw.plane_index
+    batch, precision, eta, clip = draw.batch, s.precision, s.eta_value, draw.clip
     device = model.device
     plan = tiles.plan
     items = [(k, t) for k in range(len(ks)) for t in range(tiles.n_tiles)]
-    noise = spec.noise([(tile_seed(seed, plane_index, plan.tiles[t]), ks[k]) for k, t in items])
+    noise = draw.noise([(tile_seed(seed, plane_index, plan.tiles[t]), ks[k]) for k, t in items])
     acc = torch.zeros((len(ks), *plan.padded_out_shape), device=device)
     shape = (1, *plan.tile_shape)
     for start in range(0, len(items), batch):
@@ -387,7 +354,7 @@ def _sample_independent(
             [slots[items[j][0]] * tiles.n_tiles + items[j][1] for j in chunk], device=device
         )
         x_b, lam_b = tiles.x[rows], tiles.lam[rows]
-        schedules = make_schedules(model, lam_b, sampler, spec.plan)
+        schedules = make_schedules(model, lam_b, sampler, s.pass_plan)
         z = noise.draw(chunk, shape, device)
         r = run_passes(
             make_eps_fn(model, x_b, precision),

@@ -61,6 +61,8 @@ import numpy as np
 
 from cvdm_cli._version import __version__
 from cvdm_cli.errors import ConfigError, MissingExtraError, OutputExistsError
+from cvdm_cli.io.atomic import write_text_atomic
+from cvdm_cli.io.tiff import write_plane_tiff
 from cvdm_cli.training import structures
 
 SLAB_Z_NM: tuple[float, ...] = (-300.0, -200.0, -100.0, 0.0, 100.0, 200.0, 300.0)
@@ -615,23 +617,6 @@ def simulate_pair(
 # --- datasets --------------------------------------------------------------------------
 
 
-def _write_tiff(path: Path, array: np.ndarray, pixel_nm: float) -> None:
-    """ImageJ-compatible TIFF with the pixel size in µm, written atomically."""
-    # TODO(lead): switch to cvdm_cli.io.tiff
-    import tifffile
-
-    um = pixel_nm / 1000.0
-    tmp = path.with_name(f".{path.name}.partial")
-    tifffile.imwrite(
-        tmp,
-        array,
-        imagej=True,
-        resolution=(1.0 / um, 1.0 / um),
-        metadata={"axes": "YX", "unit": "um"},
-    )
-    os.replace(tmp, path)
-
-
 def _microsim_version() -> str | None:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -655,8 +640,8 @@ def _make_pair(
     )
     lr, hr, meta = simulate_pair(params, simple=simple)
     stem = f"pair_{index:05d}"
-    _write_tiff(Path(outdir) / "lr" / f"{stem}.tif", lr, params.lr_pixel_nm)
-    _write_tiff(Path(outdir) / "hr" / f"{stem}.tif", hr, params.hr_pixel_nm)
+    write_plane_tiff(Path(outdir) / "lr" / f"{stem}.tif", lr, pixel_nm=params.lr_pixel_nm)
+    write_plane_tiff(Path(outdir) / "hr" / f"{stem}.tif", hr, pixel_nm=params.hr_pixel_nm)
     return stem, meta
 
 
@@ -749,7 +734,6 @@ def simulate_dataset(
         },
         "pairs": pairs,
     }
-    tmp = out / ".params.json.partial"
-    tmp.write_text(json.dumps(doc, indent=1, sort_keys=False) + "\n")
-    os.replace(tmp, out / "params.json")
+    # written last: its presence marks a complete dataset (`cvdm train --simulate` reuses it)
+    write_text_atomic(out / "params.json", json.dumps(doc, indent=1, sort_keys=False) + "\n")
     return doc

@@ -1,16 +1,18 @@
 """Training a CVDM on paired low-res / high-res images.
 
-Data: pairs of 2D images (LR (h, w), HR (scale*h, scale*w)), each normalised on its own by
-percentiles (1, 99.8) -> [-1, 1] exactly as at inference; the condition x (bicubic
-upsampling of the whole LR image) is computed once per image, so random patches of x and
-y are cut from the same place and match whole-image inference.
+Data (:mod:`cvdm_cli.training.data`, re-exported here): pairs of 2D images (LR (h, w), HR
+(scale*h, scale*w)), each normalised on its own by percentiles (1, 99.8) -> [-1, 1] exactly
+as at inference, cut into aligned random patches of the precomputed bicubic condition x and
+the target y.
 
 Optimisation: AdamW, linear warm-up then cosine decay to 10% of the peak learning rate,
 gradient-norm clipping, an exponential moving average (EMA) of the weights used for
 validation and export, bf16 autocast on CUDA.
 
-Checkpoints are .safetensors (no pickle): weights, EMA, AdamW moments, step, and the
-states of both random generators, so ``resume`` continues bit-exactly.
+Checkpoints are .safetensors (no pickle), written and read through
+:func:`cvdm_cli.io.weights.write_tensors` / :func:`~cvdm_cli.io.weights.read_tensors`:
+weights, EMA, AdamW moments, step, and the states of both random generators, so ``resume``
+continues bit-exactly.
 """
 
 from __future__ import annotations
@@ -19,7 +21,6 @@ import copy
 import dataclasses
 import json
 import math
-import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -28,17 +29,49 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
+from cvdm_cli.core import metrics
 from cvdm_cli.core.config import ModelConfig
 from cvdm_cli.core.devices import AUTOCAST_DTYPES, pick_precision
 from cvdm_cli.core.diffusion import LossTerms, cvdm_losses
 from cvdm_cli.core.model import CVDM
-from cvdm_cli.core.normalize import percentile_normalize
-from cvdm_cli.errors import DataError, InputNotFoundError, InvalidWeightsError
+from cvdm_cli.errors import InputNotFoundError, InvalidWeightsError
+from cvdm_cli.io.weights import read_tensors, write_tensors
+from cvdm_cli.training.data import (  # re-exported: their home is training/data.py
+    Pair,
+    PairedData,
+    make_pair,
+    pair_files,
+    read_image,
+)
+
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "Pair",
+    "PairedData",
+    "TrainConfig",
+    "TrainState",
+    "checkpoint_configs",
+    "checkpoint_path",
+    "export_checkpoint",
+    "export_weights",
+    "learning_rate",
+    "load_checkpoint",
+    "make_pair",
+    "new_state",
+    "pair_files",
+    "psnr",
+    "read_image",
+    "resolve_precision",
+    "save_checkpoint",
+    "train",
+    "train_step",
+    "validate",
+]
 
 CHECKPOINT_FORMAT = "cvdm-train-1"
+VAL_DATA_RANGE = 2.0  # validation PSNR is on normalised images, which span [-1, 1]
 
 
 # --- configuration --------------------------------------------------------------------
@@ -77,144 +110,6 @@ def learning_rate(step: int, cfg: TrainConfig) -> float:
     return cfg.lr * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * progress)))
 
 
-# --- data -----------------------------------------------------------------------------
-
-
-def read_image(path: Path) -> np.ndarray:
-    """The single YX plane of a training TIFF as float32 (H, W)."""
-    from cvdm_cli.io.tiff import read_single_plane
-
-    return read_single_plane(path, dtype=np.float32, purpose="training pairs")
-
-
-def pair_files(lr_dir: Path, hr_dir: Path) -> list[tuple[Path, Path]]:
-    """Match LR and HR files by stem; any unpaired file is an error naming it."""
-
-    def tiffs(folder: Path) -> dict[str, Path]:
-        if not folder.is_dir():
-            raise DataError("folder not found", path=folder, hint="pass an existing folder")
-        return {
-            p.stem: p
-            for p in sorted(folder.iterdir())
-            if p.suffix.lower() in (".tif", ".tiff") and not p.name.startswith(".")
-        }
-
-    lr, hr = tiffs(lr_dir), tiffs(hr_dir)
-    only_lr, only_hr = sorted(set(lr) - set(hr)), sorted(set(hr) - set(lr))
-    if only_lr or only_hr:
-        first = lr[only_lr[0]] if only_lr else hr[only_hr[0]]
-        raise DataError(
-            f"unpaired files: {len(only_lr)} in --lr without a match in --hr, "
-            f"{len(only_hr)} in --hr without a match in --lr",
-            path=first,
-            hint="LR and HR files must have the same names",
-        )
-    if not lr:
-        raise DataError("no .tif/.tiff files found", path=lr_dir, hint="check --lr / --hr")
-    return [(lr[s], hr[s]) for s in sorted(lr)]
-
-
-@dataclass
-class Pair:
-    """One normalised pair on the output grid: x (1,H,W) condition, y (1,H,W) target."""
-
-    name: str
-    lowres: Tensor  # (1, h, w) normalised LR
-    x: Tensor
-    y: Tensor
-
-
-class PairedData:
-    """All pairs in memory (normalised), split into train and validation."""
-
-    def __init__(
-        self, pairs: Sequence[Pair], *, val_fraction: float, patch: int, scale: int, seed: int = 0
-    ) -> None:
-        if len(pairs) < 2:
-            raise DataError(
-                f"need at least 2 image pairs, found {len(pairs)}",
-                hint="add more pairs or simulate them with `cvdm simulate`",
-            )
-        order = np.random.default_rng(seed).permutation(len(pairs))
-        n_val = max(1, round(val_fraction * len(pairs))) if val_fraction > 0 else 0
-        self.val = [pairs[i] for i in order[:n_val]]
-        self.train = [pairs[i] for i in order[n_val:]]
-        self.patch, self.scale = patch, scale
-
-    @classmethod
-    def from_folders(
-        cls,
-        lr_dir: Path,
-        hr_dir: Path,
-        *,
-        config: ModelConfig,
-        patch: int,
-        val_fraction: float,
-        seed: int = 0,
-    ) -> PairedData:
-        pairs = []
-        for lr_path, hr_path in pair_files(Path(lr_dir), Path(hr_dir)):
-            lr, hr = read_image(lr_path), read_image(hr_path)
-            pairs.append(
-                make_pair(lr_path.stem, lr, hr, config=config, patch=patch, lr_path=lr_path)
-            )
-        return cls(pairs, val_fraction=val_fraction, patch=patch, scale=config.scale, seed=seed)
-
-    def batch(self, rng: np.random.Generator, size: int) -> tuple[Tensor, Tensor]:
-        """Random aligned patches with random flips / 90-degree rotations: (B,1,P,P) x 2."""
-        hp = self.patch * self.scale
-        xs, ys = [], []
-        for _ in range(size):
-            pair = self.train[int(rng.integers(len(self.train)))]
-            h, w = pair.y.shape[-2:]
-            # Patch corners on the LR grid, so x and y patches stay aligned with the LR pixels.
-            i = int(rng.integers(0, (h - hp) // self.scale + 1)) * self.scale
-            j = int(rng.integers(0, (w - hp) // self.scale + 1)) * self.scale
-            x = pair.x[:, i : i + hp, j : j + hp]
-            y = pair.y[:, i : i + hp, j : j + hp]
-            k, flip = int(rng.integers(4)), bool(rng.integers(2))
-            x, y = torch.rot90(x, k, (1, 2)), torch.rot90(y, k, (1, 2))
-            if flip:
-                x, y = x.flip(-1), y.flip(-1)
-            xs.append(x)
-            ys.append(y)
-        return torch.stack(xs), torch.stack(ys)
-
-    def describe(self) -> dict[str, Any]:
-        return {"train_pairs": len(self.train), "val_pairs": len(self.val), "patch_lr": self.patch}
-
-
-def make_pair(
-    name: str,
-    lr: np.ndarray,
-    hr: np.ndarray,
-    *,
-    config: ModelConfig,
-    patch: int,
-    lr_path: Path | None = None,
-) -> Pair:
-    """Check shapes, normalise both images, and precompute the condition x."""
-    s = config.scale
-    if hr.shape != (lr.shape[0] * s, lr.shape[1] * s):
-        raise DataError(
-            f"HR shape {hr.shape} is not exactly {s}x the LR shape {lr.shape}",
-            path=lr_path or name,
-            hint=f"HR images must be {s}x the LR size in Y and X",
-        )
-    if min(lr.shape) < patch:
-        raise DataError(
-            f"image {lr.shape} is smaller than the training patch {patch}",
-            path=lr_path or name,
-            hint="use a smaller --patch or larger images",
-        )
-    lr_n, _ = percentile_normalize(lr, config.norm_low, config.norm_high, plane_label=name)
-    hr_n, _ = percentile_normalize(hr, config.norm_low, config.norm_high, plane_label=name)
-    lowres = torch.from_numpy(np.ascontiguousarray(lr_n))[None]
-    x = F.interpolate(lowres[None], scale_factor=float(s), mode="bicubic", align_corners=False)[0]
-    y = torch.from_numpy(np.ascontiguousarray(hr_n))[None]
-    return Pair(name=name, lowres=lowres, x=x, y=y)
-
-
 # --- EMA and checkpoints ------------------------------------------------------------
 
 
@@ -239,9 +134,12 @@ class TrainState:
 
 
 def save_checkpoint(path: Path, state: TrainState, cfg: TrainConfig) -> Path:
-    """Everything needed for an exact resume, as one .safetensors file (atomic)."""
-    from safetensors.torch import save_file
+    """Everything needed for an exact resume, as one .safetensors file (atomic, fsynced).
 
+    Tensors: ``model/<name>``, ``ema/<name>``, ``optim/<param index>/<name>`` (AdamW's
+    moments and step) and ``rng/torch``; string metadata: format, step, both configs, the
+    numpy generator state, the last 200 history records, seconds and ``model.info``.
+    """
     tensors: dict[str, Tensor] = {}
     for k, v in state.model.state_dict().items():
         tensors[f"model/{k}"] = v.detach().cpu().contiguous()
@@ -262,28 +160,17 @@ def save_checkpoint(path: Path, state: TrainState, cfg: TrainConfig) -> Path:
         "seconds": f"{state.seconds:.1f}",
         "info": json.dumps(state.model.info, default=str),
     }
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
-    save_file(tensors, str(tmp), metadata=meta)
-    os.replace(tmp, path)
-    return path
+    return write_tensors(path, tensors, meta)
 
 
 def _read_checkpoint(path: Path, *, with_tensors: bool) -> tuple[dict[str, str], dict[str, Tensor]]:
     """(metadata, tensors) of a checkpoint written by :func:`save_checkpoint`, or a clear error."""
-    from safetensors import safe_open
-
     hint = "pass the .ckpt.safetensors written by cvdm train"
     if not path.is_file():
         raise InputNotFoundError("checkpoint not found", path=path, hint=hint)
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()} if with_tensors else {}  # noqa: SIM118
-    except Exception as exc:  # safetensors raises several types for a bad file
-        raise InvalidWeightsError(
-            f"not a readable checkpoint ({exc})", path=path, hint=hint
-        ) from None
+    meta, tensors = read_tensors(
+        path, with_tensors=with_tensors, what="a readable checkpoint", hint=hint
+    )
     if meta.get("format") != CHECKPOINT_FORMAT:
         raise InvalidWeightsError("not a cvdm training checkpoint", path=path, hint=hint)
     return meta, tensors
@@ -359,31 +246,33 @@ def new_state(
 # --- validation -------------------------------------------------------------------------
 
 
-def psnr(pred: np.ndarray, target: np.ndarray, data_range: float = 2.0) -> float:
-    mse = float(np.mean((pred.astype(np.float64) - target) ** 2))
-    return float("inf") if mse == 0 else 10.0 * math.log10(data_range**2 / mse)
+def psnr(pred: np.ndarray, target: np.ndarray, data_range: float = VAL_DATA_RANGE) -> float:
+    """:func:`cvdm_cli.core.metrics.psnr` (dB) with the normalised images' range as default;
+    ``pred`` and ``target`` of one shape."""
+    return metrics.psnr(pred, target, data_range)
 
 
 @torch.no_grad()
 def validate(model: CVDM, pairs: Sequence[Pair], cfg: TrainConfig) -> dict[str, float]:
     """Mean PSNR (normalised units, range 2) of the fast sampler vs bicubic on val pairs
-    (the first ``cfg.val_images``, or all when it is 0)."""
-    from cvdm_cli.sampling.api import reconstruct
+    (the first ``cfg.val_images``, or all when it is 0).
+
+    Sampled by the one driver ``cvdm enhance`` uses, with its defaults except the sample
+    and step counts (``cfg.val_samples``, ``cfg.val_steps``) and whole planes (a validation
+    image is small); pair i is plane i, so the draws are fixed by the pair list.
+    """
+    from cvdm_cli.sampling.plane import reconstruct_plane
+    from cvdm_cli.sampling.settings import SamplerSettings
 
     if not pairs:
         return {}
+    settings = SamplerSettings(samples=cfg.val_samples, steps=cfg.val_steps, tile=None)
     scores, bicubic = [], []
     for i, pair in enumerate(pairs[: cfg.val_images] if cfg.val_images else pairs):
-        rec = reconstruct(
-            model,
-            pair.lowres[None].to(model.device),
-            samples=cfg.val_samples,
-            steps=cfg.val_steps,
-            generator=torch.Generator().manual_seed(i),
-        )
-        target = pair.y.numpy()[None]
+        rec = reconstruct_plane(model, pair.lowres[0].numpy(), settings, plane_index=i)
+        target = pair.y.numpy()[0]
         scores.append(psnr(rec.mean, target))
-        bicubic.append(psnr(pair.x.numpy()[None], target))
+        bicubic.append(psnr(pair.x.numpy()[0], target))
     return {
         "val_psnr": float(np.mean(scores)),
         "val_psnr_bicubic": float(np.mean(bicubic)),

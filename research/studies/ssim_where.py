@@ -2,7 +2,10 @@
 
 For every scored pair of a `cvdm evaluate` report, draws K fast samples as `cvdm evaluate`
 did (TTA, seed = report seed + pair index) and runs Richardson-Lucy as it did (the report's
-iteration count, each pair's PSF from params.json), then splits skimage's SSIM map (7x7
+iteration count, each pair's PSF from params.json, built as `cvdm evaluate` builds it:
+the simulator's PSF model with that pair's defocus, or the Gaussian approximation without
+microsim or for the toy simulator; a note is printed where RL's SSIM differs from the
+report's), then splits skimage's SSIM map (7x7
 windows, after the CSBDeep fair comparison) into
 
 - structure windows (the target's 7x7 maximum above 0.1 after the fair normalisation,
@@ -15,7 +18,7 @@ Prints one line per pair (SSIM of both methods, per window kind, the background 
 then, for both splits, the mean SSIM-map gain of cvdm over RL and the pairs where cvdm
 gains. Lines for the pairs that RL wins are marked with '*'.
 
-    python benchmarks/ssim_where.py --model cvdm_cli/models/cvdm-small-v1.safetensors \\
+    python research/studies/ssim_where.py --model cvdm_cli/models/cvdm-small-v1.safetensors \\
         --lr sim_eval/lr --hr sim_eval/hr --report report/ [--precision fp32]
 """
 
@@ -25,8 +28,8 @@ import argparse
 import csv
 import json
 from pathlib import Path
+from typing import Any
 
-import cvdm_cli.sampler as smp
 import numpy as np
 import torch
 from scipy.ndimage import maximum_filter
@@ -34,9 +37,11 @@ from skimage.metrics import structural_similarity
 
 from cvdm_cli.core import metrics
 from cvdm_cli.core.normalize import denormalize, percentile_normalize
+from cvdm_cli.errors import MissingExtraError
 from cvdm_cli.evaluation import baselines
-from cvdm_cli.evaluation.evaluate import _PSFs, load_params, read_plane
+from cvdm_cli.evaluation.evaluate import load_params, read_plane
 from cvdm_cli.io.weights import load_weights
+from cvdm_cli.sampling.api import reconstruct
 
 STRUCTURE_LEVEL = 0.1  # fair-normalised target units (0 / 1 = its 0.1 / 99.9 percentiles)
 WINDOW = 7  # skimage's default SSIM window, also the structure neighbourhood
@@ -54,6 +59,31 @@ def structure_mask(target: np.ndarray) -> np.ndarray:
     """(H, W) bool: pixels whose 7x7 neighbourhood in the fair-normalised target (metrics.
     fair_scores' ``target``) reaches STRUCTURE_LEVEL; the rest is background."""
     return maximum_filter(target, WINDOW) > STRUCTURE_LEVEL
+
+
+def exact_psf(entry: dict[str, Any], scale: int = 2) -> np.ndarray:
+    """The RL PSF `cvdm evaluate` uses for a simulated pair (its params.json entry) on the
+    output grid: the simulator's PSF model with the pair's own defocus; the Gaussian
+    approximation for the toy simulator or without microsim."""
+    if "lr_pixel_nm" in entry:
+        pixel_nm = float(entry["lr_pixel_nm"]) / scale
+    else:
+        pixel_nm = float(entry["hr_pixel_nm"])
+
+    def simulated(e: dict[str, Any], pixel: float) -> np.ndarray:
+        from cvdm_cli.training import simulation
+
+        params = simulation.SimulationParams.from_dict(e)
+        return simulation.widefield_psf_2d(params, pixel, defocus_nm=params.defocus_nm)
+
+    toy = entry.get("simulator") == "gaussian2d-toy"
+    try:
+        psf, _ = baselines.psf_from_params(
+            entry, pixel_nm, scale=scale, simulation_psf=None if toy else simulated
+        )
+    except MissingExtraError:  # no microsim: the Gaussian approximation, as cvdm evaluate
+        psf, _ = baselines.psf_from_params(entry, pixel_nm, scale=scale)
+    return psf
 
 
 def border_distance(shape: tuple[int, int]) -> np.ndarray:
@@ -77,7 +107,8 @@ def main() -> None:
         rl_rows = {r["stem"]: r for r in csv.DictReader(fh) if r["method"] == "rl"}
     iterations = int(settings["rl_iterations"])
     params = load_params(args.lr.parent, args.hr.parent)
-    psfs = _PSFs(params, 2, None, None)
+    plan = settings.get("passes") or []  # steps per pass; reports before passes have none
+    passes = ",".join(str(n) for n in plan) if len(plan) > 1 else "1"  # one pass: as a count
     model = load_weights(args.model)
 
     kinds: list[tuple[float, float, float, float]] = []  # structure / background gains, sds
@@ -86,19 +117,19 @@ def main() -> None:
         lr_path = args.lr / f"{stem}.tif"
         lr, hr = read_plane(lr_path), read_plane(args.hr / f"{stem}.tif")
         x, norm = percentile_normalize(lr, model.config.norm_low, model.config.norm_high)
-        rec = smp.reconstruct(
+        rec = reconstruct(
             model,
             x,
             samples=args.samples,
             generator=torch.Generator().manual_seed(int(settings["sampler_seed"]) + index),
             tta=bool(settings["tta"]),
-            passes=settings.get("passes") or 1,  # reports before passes: one
+            passes=passes,
             precision=args.precision,
             return_samples=True,
         )
         mean = denormalize(rec.samples, norm).astype(np.float64).mean(axis=0)
         rl = baselines.richardson_lucy(
-            baselines.bicubic_upsample(lr, 2), psfs.get(stem, lr_path), iterations
+            baselines.bicubic_upsample(lr, 2), exact_psf(params[stem]), iterations
         )
         (c_ssim, c_map, c_fair), (r_ssim, r_map, r_fair) = ssim_map(mean, hr), ssim_map(rl, hr)
         structure = structure_mask(c_fair.target)

@@ -15,13 +15,17 @@ background pixels, between the error of the model's first K/2-sample mean and th
 other K/2 samples (the same model, other noise) or of M's first K/2.
 With --antithetic, sample 2j + 1 is drawn with the
 negated noise of sample 2j: without TTA, or with --tta --shared-views in the same view (both
-as `cvdm --antithetic`), or with --tta alone in separate views (the noise carried across).
+as `cvdm --antithetic`), or with --tta alone in separate views (the noise carried across;
+these samples come from the study's own sampler, `sampler_passes.draw_samples`, with a
+noise source that maps each mate's noise into its view, seeded from (--seed + pair index,
+sample): not the library's draws).
 
 Prints one line per pair (the spread of the per-sample SSIMs, the correlation of consensus
 with true quality, each estimator's SSIM / PSNR gain over the report's Richardson-Lucy
 row), then per estimator the mean SSIM and PSNR, the pairs won against RL and those lost.
 
-    python benchmarks/sample_estimators.py --model cvdm_cli/models/cvdm-small-v1.safetensors \\
+    python research/studies/sample_estimators.py \\
+        --model cvdm_cli/models/cvdm-small-v1.safetensors \\
         --lr sim_eval/lr --hr sim_eval/hr --report report/
 """
 
@@ -38,8 +42,8 @@ from scipy.ndimage import gaussian_filter, uniform_filter
 from skimage.metrics import structural_similarity
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import cvdm_cli.sampler as smp
-from ssim_where import structure_mask  # the background of benchmarks/ssim_where.py
+from sampler_passes import draw_samples  # the study's sampler (noise source replaceable)
+from ssim_where import structure_mask  # the background of research/studies/ssim_where.py
 
 from cvdm_cli.core import metrics
 from cvdm_cli.core.normalize import NormParams, denormalize, percentile_normalize
@@ -47,13 +51,16 @@ from cvdm_cli.core.variance import pool_variance
 from cvdm_cli.evaluation.evaluate import read_plane
 from cvdm_cli.io.weights import load_weights
 from cvdm_cli.sampling import views
+from cvdm_cli.sampling.api import reconstruct
+from cvdm_cli.sampling.noise import NoiseSource
 
 
-class SeparateViewAntithetic(smp.NoiseSource):
+class SeparateViewAntithetic(NoiseSource):
     """Antithetic mates in different views (one image, sample k in view k % 8): item 2j + 1
     replays item 2j's generator negated, carried from view 2j's frame into view 2j + 1's, so
     both see opposite noise at the same place of the image. `cvdm --antithetic` instead
-    puts the mates in one view (``sampler.sample_view``), which needs no mapping."""
+    puts the mates in one view (``cvdm_cli.sampling.noise.sample_view``), which needs no
+    mapping."""
 
     def __init__(self, seeds, signs=None) -> None:  # signs: all +1, reconstruct pairs nothing
         seeds = list(seeds)
@@ -160,10 +167,8 @@ def main() -> None:
     with (args.report / "metrics.csv").open() as fh:
         rl = {r["stem"]: r for r in csv.DictReader(fh) if r["method"] == "rl"}
     # --antithetic [--tta --shared-views] is what `cvdm --antithetic` does; only mates in
-    # separate views need the noise source replaced (reconstruct looks it up at call time)
+    # separate views need another noise source, so those samples come from the study's sampler
     separate = args.antithetic and args.tta and not args.shared_views
-    if separate:
-        smp.NoiseSource = SeparateViewAntithetic
     totals: dict[str, list[tuple[float, float, bool]]] = {}
     lost: dict[str, list[str]] = {}  # estimator -> stems where RL's SSIM is not lower
     agreement: dict[str, list[float]] = {}  # other K/2-sample mean -> background error corr
@@ -171,24 +176,35 @@ def main() -> None:
     for index, stem in enumerate(sorted(rl)):
         lr, hr = read_plane(args.lr / f"{stem}.tif"), read_plane(args.hr / f"{stem}.tif")
         x, norm = percentile_normalize(lr, model.config.norm_low, model.config.norm_high)
-        rec = smp.reconstruct(
-            model,
-            x,
-            samples=args.samples,
-            generator=torch.Generator().manual_seed(args.seed + index),
-            tta=args.tta or not args.antithetic,
-            antithetic=args.antithetic and not separate,
-            precision=args.precision,
-            passes=args.passes,
-            return_samples=True,
-        )
-        samples = rec.samples
+        if separate:
+            samples = draw_samples(
+                model,
+                x,
+                samples=args.samples,
+                seed=args.seed + index,
+                tta=True,
+                precision=args.precision,
+                passes=args.passes,
+                noise_factory=SeparateViewAntithetic,
+            )
+        else:
+            samples = reconstruct(
+                model,
+                x,
+                samples=args.samples,
+                generator=torch.Generator().manual_seed(args.seed + index),
+                tta=args.tta or not args.antithetic,
+                antithetic=args.antithetic,
+                precision=args.precision,
+                passes=args.passes,
+                return_samples=True,
+            ).samples
         ensembles: dict[str, np.ndarray] = {}
         halves = {"model, other samples": samples[half_k:].mean(0)}  # K/2-sample means
         for j, (name, extra) in enumerate(extras.items(), start=1):
             # its own normalisation (its percentiles), its own seeds, mapped to model's units
             xe, norm_e = percentile_normalize(lr, extra.config.norm_low, extra.config.norm_high)
-            other = smp.reconstruct(
+            other = reconstruct(
                 extra,
                 xe,
                 samples=args.samples,

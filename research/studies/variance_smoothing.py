@@ -15,23 +15,37 @@ whether the std has the right size: the rms error of the mean over the rms of
 sqrt(1 + 1/K) x the std, what a calibrated sampler's mean of K samples would miss by
 (pooling keeps the map's level, so this does not depend on sigma).
 
-    python benchmarks/variance_smoothing.py --model cvdm_cli/models/cvdm-small-v1.safetensors \\
+    python research/studies/variance_smoothing.py \\
+        --model cvdm_cli/models/cvdm-small-v1.safetensors \\
         --lr sim_eval/lr --hr sim_eval/hr --val-fraction 0.2 [--antithetic]
 """
 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 from pathlib import Path
 
-import cvdm_cli.sampler as smp
 import numpy as np
 import torch
 
 from cvdm_cli.core import metrics
 from cvdm_cli.core.normalize import denormalize, percentile_normalize
-from cvdm_cli.evaluation.evaluate import _split, find_pairs, read_plane
+from cvdm_cli.evaluation.evaluate import ImagePair, find_pairs, read_plane
 from cvdm_cli.io.weights import load_weights
+from cvdm_cli.sampling.api import reconstruct, schedule_map
+
+
+def split_pairs(
+    pairs: Sequence[ImagePair], val_fraction: float, seed: int
+) -> tuple[list[ImagePair], list[ImagePair]]:
+    """(validation, scored) pairs, each sorted by stem: the split `cvdm evaluate
+    --val-fraction F --seed S` makes to tune Richardson-Lucy (the same draw)."""
+    n_val = min(len(pairs) - 1, max(1, round(val_fraction * len(pairs))))
+    order = np.random.default_rng(seed).permutation(len(pairs))
+    val = sorted((pairs[i] for i in order[:n_val]), key=lambda p: p.stem)
+    test = sorted((pairs[i] for i in order[n_val:]), key=lambda p: p.stem)
+    return val, test
 
 
 def main() -> None:
@@ -52,7 +66,7 @@ def main() -> None:
     sigmas = [float(s) for s in args.sigmas.split(",")]
     raw = sigmas.index(0.0) if 0.0 in sigmas else None  # the per-pixel std, to compare with
     model = load_weights(args.model)
-    val, test = _split(find_pairs(args.lr, args.hr), args.val_fraction, args.seed, tune=True)
+    val, test = split_pairs(find_pairs(args.lr, args.hr), args.val_fraction, args.seed)
     for split, pairs, base in (("validation", val, 1000), ("scored", test, 0)):
         scores = np.zeros((len(pairs), len(sigmas), 3))  # spearman, calibrated, AUSE
         size = np.zeros(len(pairs))  # rms error / rms predicted std (pooling keeps the level)
@@ -61,7 +75,7 @@ def main() -> None:
         for index, pair in enumerate(pairs):
             lr, hr = read_plane(pair.lr), read_plane(pair.hr)
             x, norm = percentile_normalize(lr, model.config.norm_low, model.config.norm_high)
-            rec = smp.reconstruct(
+            rec = reconstruct(
                 model,
                 x,
                 samples=args.samples,
@@ -83,7 +97,7 @@ def main() -> None:
             for j, sigma in enumerate(sigmas):
                 u = metrics.uncertainty_scores(fitted, fair.fitted, fair.target, smoothing=sigma)
                 scores[index, j] = (u.spearman, u.calibrated_spearman, u.ause)
-            for j, other in enumerate((smp.schedule_map(model, x), np.abs(fair.fitted))):
+            for j, other in enumerate((schedule_map(model, x), np.abs(fair.fitted))):
                 others[index, j] = (metrics.spearman(other, err), metrics.ause(other, err))
             print(f"{split} {pair.stem}: " + " ".join(
                 f"{sigma:g}:{scores[index, j, 0]:.3f}" for j, sigma in enumerate(sigmas)

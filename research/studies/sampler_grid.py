@@ -1,14 +1,15 @@
 """Fast-sampler time grids in one pass: uniform t against power spacing near the clean end.
 
-The fast sampler walks t_i = t_max (1 - i/n)^rho, i = 0..n (rho = `FAST_GRID_POWER`, 1:
-uniform, as shipped). This script re-runs one pass of it with other rho (rho > 1: more of
-the n steps near t = 0, where the fine detail is decided) and step counts, and scores the
-sample mean and the std map the way `cvdm evaluate` does (CSBDeep fair comparison,
-Spearman of std and error). Same noise seeds for every grid, so the rows differ only by
-the grid. `benchmarks/sampler_passes.py --grid-powers` does the same for passes of a few
-steps.
+The fast sampler walks t_i = t_max (1 - i/n)^rho, i = 0..n (rho =
+`cvdm_cli.sampling.schedules.FAST_GRID_POWER`, 1: uniform, as shipped). This script runs
+one pass of it, without TTA, with other rho (rho > 1: more of the n steps near t = 0, where
+the fine detail is decided) and step counts, and scores the sample mean and the std map the
+way `cvdm evaluate` does (CSBDeep fair comparison, Spearman of std and error). The samples
+come from `sampler_passes.draw_samples`, which passes rho to each schedule (the library's
+sampler always walks FAST_GRID_POWER); the same noise for every grid, so the rows differ
+only by the grid. `sampler_passes.py --grid-powers` does the same for passes of a few steps.
 
-    python benchmarks/sampler_grid.py --model cvdm_cli/models/cvdm-small-v1.safetensors \\
+    python research/studies/sampler_grid.py --model cvdm_cli/models/cvdm-small-v1.safetensors \\
         --lr sim_eval/lr --hr sim_eval/hr --pairs pair_00001,pair_00009 --grids 1:20,2:20,1:50
 
 Prints one JSON line per grid (means over the pairs, and the per-pair SSIM).
@@ -18,10 +19,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
+from pathlib import Path
 
-import cvdm_cli.sampler as smp
 import numpy as np
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from sampler_passes import draw_samples  # the study's sampler with an explicit grid
 
 from cvdm_cli.core.normalize import denormalize, percentile_normalize
 from cvdm_cli.evaluation.evaluate import find_pairs, read_plane, score_samples
@@ -49,16 +54,14 @@ def main() -> None:
     data = [(s, read_plane(pairs[s].lr), read_plane(pairs[s].hr)) for s in stems]
     for spec in args.grids.split(","):
         rho, steps = float(spec.split(":")[0]), int(spec.split(":")[1])
-        smp.FAST_GRID_POWER = rho  # read by each FastSchedule
         scores = []
         for index, (stem, lr, hr) in enumerate(data):
             x_norm, norm = percentile_normalize(lr, cfg.norm_low, cfg.norm_high)
-            rec = smp.reconstruct(
-                model, x_norm, samples=args.samples, steps=steps, sampler="fast",
-                generator=torch.Generator().manual_seed(args.seed + index),
-                return_samples=True, passes=1,  # one pass: the grid is the point
+            drawn = draw_samples(
+                model, x_norm, samples=args.samples, steps=steps, power=rho,
+                seed=args.seed + index, tta=False, passes=1,  # one pass: the grid is the point
             )  # fmt: skip
-            samples = denormalize(rec.samples, norm).astype(np.float64)
+            samples = denormalize(drawn, norm).astype(np.float64)
             row, _, _ = score_samples(stem, "fast", samples, hr)  # as cvdm evaluate
             scores.append((row["psnr"], row["ssim"], row["spearman"]))
         a = np.array(scores)

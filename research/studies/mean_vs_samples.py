@@ -7,7 +7,7 @@ the CSBDeep fair comparison, as `cvdm evaluate`) of the groups' means over the f
 from 8 to N samples, the mean's remaining error is the model's bias, which no sample count
 removes.
 
-    python benchmarks/mean_vs_samples.py --model cvdm_cli/models/cvdm-small-v1.safetensors \\
+    python research/studies/mean_vs_samples.py --model cvdm_cli/models/cvdm-small-v1.safetensors \\
         --lr sim_eval/lr --hr sim_eval/hr --pairs pair_00020,pair_00022 [--samples 32]
 """
 
@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import cvdm_cli.sampler as smp
 import numpy as np
 import torch
 
@@ -24,6 +23,7 @@ from cvdm_cli.core import metrics
 from cvdm_cli.core.normalize import denormalize, percentile_normalize
 from cvdm_cli.evaluation.evaluate import read_plane
 from cvdm_cli.io.weights import load_weights
+from cvdm_cli.sampling.api import reconstruct
 
 
 def group_ssims(samples: np.ndarray, hr: np.ndarray, k: int, groups: int) -> list[float]:
@@ -51,7 +51,7 @@ def main() -> None:
     for stem in args.pairs.split(","):
         lr, hr = read_plane(args.lr / f"{stem}.tif"), read_plane(args.hr / f"{stem}.tif")
         x, norm = percentile_normalize(lr, model.config.norm_low, model.config.norm_high)
-        rec = smp.reconstruct(
+        rec = reconstruct(
             model,
             x,
             samples=args.samples,

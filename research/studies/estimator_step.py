@@ -10,7 +10,7 @@ per pair, then the mean PSNR / SSIM per step, separately for the validation pair
 `cvdm evaluate` report (which would choose the step) and its scored pairs, with the number
 of scored pairs whose SSIM beats that report's Richardson-Lucy row.
 
-    python benchmarks/estimator_step.py --model cvdm_cli/models/cvdm-small-v1.safetensors \\
+    python research/studies/estimator_step.py --model cvdm_cli/models/cvdm-small-v1.safetensors \\
         --lr sim_eval/lr --hr sim_eval/hr --report report/
 """
 
@@ -21,7 +21,6 @@ import csv
 import json
 from pathlib import Path
 
-import cvdm_cli.sampler as smp
 import numpy as np
 import torch
 
@@ -30,6 +29,10 @@ from cvdm_cli.core.normalize import denormalize, percentile_normalize
 from cvdm_cli.evaluation.evaluate import find_pairs, read_plane
 from cvdm_cli.io.weights import load_weights
 from cvdm_cli.sampling import views
+from cvdm_cli.sampling.api import pad_to_multiple
+from cvdm_cli.sampling.noise import NoiseSource
+from cvdm_cli.sampling.schedules import make_schedule
+from cvdm_cli.sampling.steps import ddim_update, make_eps_fn
 
 
 @torch.inference_mode()
@@ -40,22 +43,22 @@ def per_step_predictions(model, x_norm: np.ndarray, samples: int, steps: int, se
     view_of = [views.view_of(k, True) for k in range(samples)]
     x = torch.cat(
         [
-            smp.pad_to_multiple(
+            pad_to_multiple(
                 model.condition(torch.from_numpy(views.forward(x_norm, v))[None, None]),
                 model.pad_multiple,
             )[0]
             for v in view_of
         ]
     )
-    schedule = smp.make_schedule(model, model.lam(x), "fast", steps)
-    noise = smp.NoiseSource([seed * 1000 + k for k in range(samples)])
+    schedule = make_schedule(model, model.lam(x), "fast", steps)
+    noise = NoiseSource([seed * 1000 + k for k in range(samples)])
     items, shape = list(range(samples)), tuple(x.shape[1:])
-    eps_fn = smp.make_eps_fn(model, x)
+    eps_fn = make_eps_fn(model, x)
     z, g_s, out = noise.draw(items, shape, cpu), schedule.gamma(0), []
     for i in range(steps):
         g_t, last = schedule.gamma(i + 1), i == steps - 1
         draw = None if last else noise.draw(items, shape, cpu)
-        z, x0 = smp.ddim_update(z, eps_fn(z, g_s), g_s, g_t, 0.0 if last else 1.0, draw, 4.0)
+        z, x0 = ddim_update(z, eps_fn(z, g_s), g_s, g_t, 0.0 if last else 1.0, draw, 4.0)
         g_s = g_t
         y = [views.inverse((x[k] + x0[k])[0, :h, :w], v) for k, v in enumerate(view_of)]
         out.append(torch.stack(y).numpy())

@@ -8,7 +8,7 @@ image's NA and emission wavelength (0.21 lambda / NA), and the simulator's own P
 input pixel; it tunes each one's iteration count on the same validation pairs, and compares
 the per-image SSIM of the cvdm rows of an existing report with every RL variant.
 
-    python benchmarks/rl_psf.py --report report/ --lr sim_eval/lr --hr sim_eval/hr
+    python research/studies/rl_psf.py --report report/ --lr sim_eval/lr --hr sim_eval/hr
 
 Prints one table (mean PSNR / SSIM, cvdm's win rates against each RL variant, and the
 pairs where RL's SSIM is higher).
