@@ -55,7 +55,7 @@ MOVED: dict[str, tuple[str, ...]] = {
     "cvdm_cli.structures": ("cvdm_cli.training.structures",),
     "cvdm_cli.simulation": ("cvdm_cli.training.simulation",),
     "cvdm_cli.trainer": ("cvdm_cli.training.trainer", "cvdm_cli.training.data"),
-    "cvdm_cli.evaluate": ("cvdm_cli.evaluation.evaluate", "cvdm_cli.evaluation.pairs"),
+    "cvdm_cli.evaluate": ("cvdm_cli.evaluation.evaluate", "cvdm_cli.io.pairs"),
     "cvdm_cli.evaluate_report": ("cvdm_cli.evaluation.report", "cvdm_cli.evaluation.figures"),
     "cvdm_cli.baselines": ("cvdm_cli.evaluation.baselines",),
 }

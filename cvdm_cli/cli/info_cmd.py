@@ -7,7 +7,6 @@ A broken registry or hub set-up is reported in the output instead of ending the 
 from __future__ import annotations
 
 import json
-import os
 import platform
 from importlib import metadata
 from pathlib import Path
@@ -33,42 +32,6 @@ def _version(dist: str) -> str | None:
         return metadata.version(dist)
     except metadata.PackageNotFoundError:
         return None
-
-
-def _devices() -> list[dict[str, Any]]:
-    import torch
-
-    from cvdm_cli.core.devices import cpu_has_native_bf16
-
-    found: list[dict[str, Any]] = [
-        {
-            "device": "cpu",
-            "name": platform.processor() or platform.machine(),
-            "cores": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(),
-            # AMX / AVX512-BF16: where --precision auto picks bf16 on the CPU
-            "native_bf16": cpu_has_native_bf16(),
-        }
-    ]
-    if torch.cuda.is_available():
-        for i in range(torch.cuda.device_count()):
-            props = torch.cuda.get_device_properties(i)
-            entry: dict[str, Any] = {
-                "device": f"cuda:{i}",
-                "name": props.name,
-                "memory_gb": round(props.total_memory / 1e9, 2),
-                "compute_capability": f"{props.major}.{props.minor}",
-            }
-            try:
-                free, _total = torch.cuda.mem_get_info(i)
-                entry["free_gb"] = round(free / 1e9, 2)
-            except RuntimeError:  # pragma: no cover - a device in use elsewhere
-                pass
-            found.append(entry)
-    mps = getattr(torch.backends, "mps", None)
-    if mps is not None and mps.is_available():
-        found.append({"device": "mps", "name": "Apple Metal"})
-    return found
 
 
 def _models(cache_dir: Path | None) -> tuple[str | None, list[dict[str, Any]], str | None]:
@@ -99,23 +62,17 @@ def _models(cache_dir: Path | None) -> tuple[str | None, list[dict[str, Any]], s
 
 def collect(cache_dir: Path | None = None) -> dict[str, Any]:
     """Everything ``cvdm info`` shows, as a JSON-ready dict."""
-    import torch
-
     from cvdm_cli import __version__
-    from cvdm_cli.core.devices import pick_device, pick_precision
+    from cvdm_cli.core.devices import list_devices, pick_device, pick_precision, torch_build
 
     auto = pick_device("auto")
-    cuda = torch.version.cuda
     data: dict[str, Any] = {
         "cvdm": __version__,
         "python": platform.python_version(),
         "platform": platform.platform(),
-        "torch": torch.__version__,
-        "cuda": cuda,
-        "cuda_available": torch.cuda.is_available(),
-        "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
+        **torch_build(),
         "packages": {name: _version(name) for name in PACKAGES},
-        "devices": _devices(),
+        "devices": list_devices(),
         "auto_device": str(auto),
         "auto_precision": pick_precision("auto", auto),
     }

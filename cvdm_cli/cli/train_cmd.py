@@ -114,7 +114,8 @@ def train(
 
         from cvdm_cli.core.config import ModelConfig
         from cvdm_cli.core.devices import pick_device
-        from cvdm_cli.training.trainer import PairedData, TrainConfig
+        from cvdm_cli.training.data import PairedData
+        from cvdm_cli.training.trainer import TrainConfig
         from cvdm_cli.training.trainer import train as run_training
 
         if not out.name.endswith(".safetensors"):
@@ -231,7 +232,8 @@ def _export_only(
 ) -> None:
     """Write a checkpoint's EMA weights to ``out``; with --lr/--hr, score them first on the
     pairs the run held out (the checkpoint's own split: its seed and validation share)."""
-    from cvdm_cli.training.trainer import PairedData, checkpoint_configs, export_checkpoint
+    from cvdm_cli.training.data import PairedData
+    from cvdm_cli.training.trainer import checkpoint_configs, export_checkpoint
 
     if resume is None:
         raise ConfigError(

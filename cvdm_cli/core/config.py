@@ -34,7 +34,8 @@ class ModelConfig:
     Diffusion:
         timesteps: T, the number of discrete steps of the reference sampler (paper: 200).
         scale: output / input sampling ratio (super-resolution factor).
-        gamma_min, gamma_max: clamp of gamma(t, x) (signal variance), eq. in DESIGN.md.
+        gamma_min, gamma_max: clamp of gamma(t, x) (signal variance),
+            gamma = clamp(exp(-lambda tau_int(t)), min, max).
         tau_init_slope: initial tau_int(1); with lambda(x) ~ softplus(0) = 0.69 this gives
             gamma(1) ~ exp(-0.69 * slope), i.e. close to pure noise before training.
         alpha_smooth: weight alpha of the (d^2 gamma/dt^2)^2 regulariser (paper: 1e-3).
@@ -88,10 +89,6 @@ class ModelConfig:
         return 2 ** (len(self.channel_mults) - 1)
 
     # --- presets ---------------------------------------------------------------------
-
-    @staticmethod
-    def preset_names() -> tuple[str, ...]:
-        return tuple(_PRESETS)
 
     @classmethod
     def preset(cls, name: str, **overrides: Any) -> ModelConfig:

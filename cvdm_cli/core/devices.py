@@ -10,6 +10,8 @@
 from __future__ import annotations
 
 import os
+import platform
+from typing import Any
 
 import torch
 
@@ -185,3 +187,90 @@ def set_torch_threads(threads: int | None) -> None:
         return
     torch.set_num_threads(threads)
     os.environ["CVDM_TORCH_THREADS"] = str(threads)
+
+
+def worker_threads(processes_on_host: int) -> int:
+    """Torch threads for one of ``processes_on_host`` worker processes sharing this host's
+    cores (its CPU affinity), capped by CVDM_TORCH_THREADS when set (``--threads``)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    threads = max(1, cores // max(1, processes_on_host))
+    cap = os.environ.get("CVDM_TORCH_THREADS", "")
+    if cap.isdigit() and int(cap) > 0:
+        threads = min(threads, int(cap))
+    return threads
+
+
+def cuda_device_count() -> int:
+    """Visible CUDA devices (0 without CUDA)."""
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """True for a host or device out-of-memory error (the message is all a CPU or MPS
+    allocator gives)."""
+    if isinstance(exc, (MemoryError, torch.cuda.OutOfMemoryError)):
+        return True
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError) and (
+        "out of memory" in text or "can't allocate memory" in text
+    )
+
+
+def free_device_memory(device: torch.device | None = None) -> None:
+    """Return cached blocks of ``device`` to the driver (None: CUDA, if it was used)."""
+    kind = "cuda" if device is None else device.type
+    if kind == "cuda" and torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
+    elif kind == "mps" and hasattr(torch, "mps"):
+        torch.mps.empty_cache()
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (so a timing measures it); no-op off CUDA."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def list_devices() -> list[dict[str, Any]]:
+    """Every device torch can use here, as JSON-ready dicts (``cvdm info``)."""
+    found: list[dict[str, Any]] = [
+        {
+            "device": "cpu",
+            "name": platform.processor() or platform.machine(),
+            "cores": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            # AMX / AVX512-BF16: where --precision auto picks bf16 on the CPU
+            "native_bf16": cpu_has_native_bf16(),
+        }
+    ]
+    for i in range(cuda_device_count()):
+        props = torch.cuda.get_device_properties(i)
+        entry: dict[str, Any] = {
+            "device": f"cuda:{i}",
+            "name": props.name,
+            "memory_gb": round(props.total_memory / 1e9, 2),
+            "compute_capability": f"{props.major}.{props.minor}",
+        }
+        try:
+            free, _total = torch.cuda.mem_get_info(i)
+            entry["free_gb"] = round(free / 1e9, 2)
+        except RuntimeError:  # pragma: no cover - a device in use elsewhere
+            pass
+        found.append(entry)
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        found.append({"device": "mps", "name": "Apple Metal"})
+    return found
+
+
+def torch_build() -> dict[str, Any]:
+    """torch's version and what it was built with (``cvdm info``)."""
+    return {
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "cuda_available": torch.cuda.is_available(),
+        "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
+    }

@@ -1,6 +1,6 @@
 """CVDM equations: the learned per-pixel schedule, the forward process and the losses.
 
-Notation (arXiv 2312.02246, Sec. 3; DESIGN.md "The method"):
+Notation (arXiv 2312.02246, Sec. 3):
     x       condition: bicubic upsampling of the normalised low-res input, (N,1,H,W)
     y       normalised high-res target, (N,1,H,W); the model diffuses r = y - x
     lam     lambda(x) = softplus(U-Net_s(x)) >= 0, per pixel

@@ -42,7 +42,6 @@ from cvdm_cli import errors
 CPU_TILE = 256
 
 __all__ = [
-    "Stitcher",
     "Tile",
     "TilePlan",
     "plan_tiles",
@@ -376,44 +375,3 @@ def tile_seed(seed: int, plane_index: int, tile: Tile) -> int:
     y0, x0 = tile.out[0], tile.out[2]
     ss = np.random.SeedSequence([int(seed) & 0xFFFFFFFF, int(seed) >> 32, plane_index, y0, x0])
     return int(ss.generate_state(1, dtype=np.uint64)[0] & np.uint64(2**63 - 1))
-
-
-class Stitcher:
-    """Accumulates weighted tiles of one plane and returns the blended output.
-
-    ``add(tile, values)`` with values of shape (..., tile_h, tile_w) (e.g. (H, W), or
-    (2, H, W) for mean and variance); ``result()`` -> (..., *out_shape) float32, the
-    weighted mean sum_t w_t v_t / sum_t w_t cropped to the real plane. Memory: one float32
-    array of the padded plane (per leading index) plus the plan's cached weight sum.
-    """
-
-    def __init__(self, plan: TilePlan) -> None:
-        self.plan = plan
-        self._acc: np.ndarray | None = None
-        self._seen: set[tuple[int, int]] = set()
-
-    def add(self, tile: Tile, values: np.ndarray) -> None:
-        v = np.asarray(values)
-        if v.shape[-2:] != tile.shape:
-            msg = f"tile values of shape {v.shape} do not end in the tile shape {tile.shape}"
-            raise ValueError(msg)
-        if self._acc is None:
-            self._acc = np.zeros((*v.shape[:-2], *self.plan.padded_out_shape), np.float32)
-        elif self._acc.shape[:-2] != v.shape[:-2]:
-            msg = f"tile values {v.shape} differ in leading shape from {self._acc.shape[:-2]}"
-            raise ValueError(msg)
-        self._acc[(..., *tile.out_slices)] += v * _window(tile.shape, tile.overlaps)
-        self._seen.add(tile.index)
-
-    @property
-    def complete(self) -> bool:
-        return len(self._seen) == len(self.plan.tiles)
-
-    def result(self) -> np.ndarray:
-        """The blended (..., *out_shape) float32 plane; every tile must have been added."""
-        if self._acc is None or not self.complete:
-            msg = f"{len(self._seen)} of {len(self.plan.tiles)} tiles were added"
-            raise ValueError(msg)
-        plan = self.plan
-        out = plan.crop_out(self._acc) / plan.crop_out(_weight_sum(plan))
-        return out.astype(np.float32, copy=False)

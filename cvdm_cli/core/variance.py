@@ -13,7 +13,7 @@ resolution element wide keeps the map's shape and removes much of that scatter:
 G_sigma has unit sum, so a uniform variance stays the same and the pooled map keeps the
 units of the raw one (a variance, not a std; the std is its square root). Boundaries are
 mirrored (scipy's ``reflect``: the edge pixel repeated), so no variance leaks in or out.
-On the held-out simulated pairs of docs/models.md, sigma = 1.5 raised Spearman(std,
+On the held-out simulated pairs of docs/sampling.md, sigma = 1.5 raised Spearman(std,
 |error|) from 0.424 to 0.451 and lowered the AUSE from 0.249 to 0.207 (docs/sampling.md).
 """
 

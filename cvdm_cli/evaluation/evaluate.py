@@ -60,15 +60,10 @@ from cvdm_cli.errors import (
     MissingExtraError,
 )
 from cvdm_cli.evaluation import baselines
-from cvdm_cli.evaluation.report import (
-    CSV_COLUMNS,
-    EvaluationReport,
-    FigureWriter,
-    Panels,
-    prepare_out,
-    write_reports,
-)
-from cvdm_cli.io.tiff import open_tiff, read_single_plane
+from cvdm_cli.evaluation.figures import FigureWriter, Panels
+from cvdm_cli.evaluation.report import CSV_COLUMNS, EvaluationReport, prepare_out, write_reports
+from cvdm_cli.io.pairs import ImagePair, find_pairs, read_plane
+from cvdm_cli.io.tiff import open_tiff
 from cvdm_cli.io.weights import load_weights
 from cvdm_cli.run.inputs import FileJob, prepare_output_dir
 from cvdm_cli.run.outputs import FileOutputs
@@ -88,7 +83,6 @@ __all__ = [
     "score_samples",
 ]
 
-TIFF_SUFFIXES = (".tif", ".tiff")
 PARAMS_FILE = "params.json"
 
 BICUBIC, RL, FAST, REFERENCE = "bicubic", "rl", "cvdm_fast", "cvdm_reference"
@@ -128,46 +122,6 @@ ProgressFn = Callable[[ProgressEvent], None]
 # --- inputs ----------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class ImagePair:
-    """One LR/HR pair of TIFF files with the same stem."""
-
-    stem: str
-    lr: Path
-    hr: Path
-
-
-def _tiffs(folder: Path) -> dict[str, Path]:
-    if not folder.is_dir():
-        raise InputNotFoundError("folder not found", path=folder, hint="check the path")
-    found: dict[str, Path] = {}
-    for p in sorted(folder.iterdir()):
-        if p.is_file() and p.suffix.lower() in TIFF_SUFFIXES and not p.name.startswith("."):
-            found.setdefault(p.stem, p)
-    return found
-
-
-def find_pairs(lr_dir: str | os.PathLike[str], hr_dir: str | os.PathLike[str]) -> list[ImagePair]:
-    """Pairs of ``lr_dir/<stem>.tif`` and ``hr_dir/<stem>.tif``, sorted by stem.
-
-    Raises DataError when a folder has no TIFFs or a stem is in one folder only.
-    """
-    lr_dir, hr_dir = Path(lr_dir), Path(hr_dir)
-    lr, hr = _tiffs(lr_dir), _tiffs(hr_dir)
-    if not lr:
-        raise DataError("no .tif files", path=lr_dir, hint="point --lr at the low-res TIFFs")
-    only_lr, only_hr = sorted(set(lr) - set(hr)), sorted(set(hr) - set(lr))
-    if only_lr or only_hr:
-        side, folder, stems = ("HR", hr_dir, only_lr) if only_lr else ("LR", lr_dir, only_hr)
-        shown = ", ".join(stems[:5]) + (", ..." if len(stems) > 5 else "")
-        raise DataError(
-            f"{len(stems)} image(s) without a {side} partner: {shown}",
-            path=folder,
-            hint="LR and HR files must share file names (stems)",
-        )
-    return [ImagePair(stem, lr[stem], hr[stem]) for stem in sorted(lr)]
-
-
 def load_params(*folders: str | os.PathLike[str]) -> dict[str, dict[str, Any]]:
     """Per-stem simulation parameters from the first ``params.json`` found in ``folders``.
 
@@ -191,11 +145,6 @@ def load_params(*folders: str | os.PathLike[str]) -> dict[str, dict[str, Any]]:
             ) from None
         return pairs
     return {}
-
-
-def read_plane(path: Path, dtype: Any = np.float64) -> np.ndarray:
-    """The single YX plane of a TIFF as ``dtype`` (H, W); None keeps the file's dtype."""
-    return read_single_plane(path, dtype=dtype, purpose="evaluation pairs")
 
 
 def _pixel_nm(path: Path) -> float | None:

@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from cvdm_cli.io.atomic import atomic_path
+
 if TYPE_CHECKING:  # pragma: no cover
     from cvdm_cli.evaluation.report import EvaluationReport
 
@@ -42,7 +44,8 @@ class FigureWriter:
     """PNG per image as soon as it is scored (memory stays flat), then the summary grid.
 
     Uses matplotlib's object API with the Agg canvas (no pyplot, no global state).
-    Importing it raises ModuleNotFoundError when matplotlib is absent.
+    Making one raises ModuleNotFoundError when matplotlib is absent. PNGs are written
+    atomically (:func:`cvdm_cli.io.atomic.atomic_path`), 100 dpi.
     """
 
     def __init__(self, out: Path) -> None:
@@ -66,7 +69,7 @@ class FigureWriter:
         folder = self.out / "figures"
         folder.mkdir(exist_ok=True)
         path = folder / f"{panels.stem}.png"
-        fig.savefig(path, dpi=100)
+        _save_png(fig, path)
         self.files[f"figure:{panels.stem}"] = str(path)
         if len(self.kept) < SUMMARY_IMAGES:
             self.kept.append(panels)
@@ -84,9 +87,15 @@ class FigureWriter:
             n = report.settings["n_scored"]
             fig.suptitle(f"mean PSNR / SSIM over {n} image(s): {means}", fontsize=8)
             path = self.out / "summary.png"
-            fig.savefig(path, dpi=100)
+            _save_png(fig, path)
             self.files["summary"] = str(path)
         return self.files
+
+
+def _save_png(fig: Any, path: Path) -> None:
+    # the temporary name has no .png suffix: the format is given
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
 
 
 def _draw_row(axes: Sequence[Any], p: Panels, titles: bool) -> None:

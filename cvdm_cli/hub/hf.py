@@ -22,9 +22,7 @@ import contextlib
 import errno
 import inspect
 import os
-import re
 import sys
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,8 +32,9 @@ from huggingface_hub import constants
 from huggingface_hub import errors as hf_errors
 
 from cvdm_cli import errors
-from cvdm_cli.hub.verify import SHA256_RE as _SHA256_RE
+from cvdm_cli.core.progress import ProgressCallback
 from cvdm_cli.hub.verify import (  # re-exported: the hub's checks are these
+    COMMIT_RE,
     check_sha256,
     marker_dir,
     marker_sha256,
@@ -43,6 +42,7 @@ from cvdm_cli.hub.verify import (  # re-exported: the hub's checks are these
     sha256_file,
     write_marker,
 )
+from cvdm_cli.hub.verify import SHA256_RE as _SHA256_RE
 
 __all__ = [
     "Fetched",
@@ -64,10 +64,6 @@ __all__ = [
     "write_marker",
 ]
 
-_COMMIT_RE = re.compile(r"[0-9a-f]{40}")
-
-ProgressCallback = Callable[[int, "int | None"], None]  # (bytes done, bytes total or None)
-
 
 class HubError(errors.CvdmError):
     """The hub answered in an unexpected way, or a download broke off midway."""
@@ -83,7 +79,7 @@ class HubFile:
 
     @property
     def pinned(self) -> bool:
-        return self.revision is not None and _COMMIT_RE.fullmatch(self.revision) is not None
+        return self.revision is not None and COMMIT_RE.fullmatch(self.revision) is not None
 
     @property
     def spec(self) -> str:
@@ -151,7 +147,7 @@ def commit_of(path: Path) -> str | None:
     parts = Path(path).parts
     if "snapshots" in parts:
         i = len(parts) - 1 - parts[::-1].index("snapshots")
-        if i + 1 < len(parts) and _COMMIT_RE.fullmatch(parts[i + 1]):
+        if i + 1 < len(parts) and COMMIT_RE.fullmatch(parts[i + 1]):
             return parts[i + 1]
     return None
 

@@ -35,13 +35,15 @@ import argparse
 import os
 import re
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any, Literal
 
 from cvdm_cli import errors
+from cvdm_cli.core.progress import ProgressCallback
 from cvdm_cli.hub import verify
+from cvdm_cli.hub.verify import COMMIT_RE
 from cvdm_cli.io.atomic import write_text_atomic
 from cvdm_cli.io.weights import (
     PICKLE_SUFFIXES,
@@ -65,7 +67,6 @@ PACKAGED_REGISTRY = PACKAGE_DIR / "weights.toml"
 
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _SHA256_RE = verify.SHA256_RE
-_COMMIT_RE = re.compile(r"[0-9a-f]{40}")
 _REPO_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*")
 
 _REQUIRED = ("description", "scale", "structures", "pixel_size_nm", "license", "sha256")
@@ -376,7 +377,7 @@ def _parse_hub(hub: Any, name: str, label: str) -> HubSource:
     if not _REPO_ID_RE.fullmatch(repo_id) or "--" in repo_id or ".." in repo_id:
         raise _bad(label, name, "hub.repo_id", f"must look like 'owner/name', got {repo_id!r}")
     _check_relative(filename, name, "hub.filename", label)
-    if not _COMMIT_RE.fullmatch(revision):
+    if not COMMIT_RE.fullmatch(revision):
         what = (
             "a branch or tag name"
             if re.fullmatch(r"[0-9a-fA-F]{5,39}", revision) is None
@@ -437,9 +438,6 @@ class ResolvedModel:
         if self.repo_id is None or self.filename is None or self.revision is None:
             return None
         return f"hf://{self.repo_id}/{self.filename}@{self.revision}"
-
-
-ProgressCallback = Callable[[int, "int | None"], None]  # (bytes done, bytes total or None)
 
 
 def parse_hf_spec(spec: str) -> HubFile:

@@ -25,7 +25,11 @@ from typing import Any
 from cvdm_cli import errors
 from cvdm_cli.io.atomic import write_text_atomic
 
+# a pinned hub revision: a full 40-hex commit id (branch and tag names move)
+COMMIT_RE = re.compile(r"[0-9a-f]{40}")
+
 __all__ = [
+    "COMMIT_RE",
     "check_sha256",
     "hf_home",
     "marker_dir",

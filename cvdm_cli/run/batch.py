@@ -40,7 +40,7 @@ import numpy as np
 import torch
 
 from cvdm_cli import errors
-from cvdm_cli.core.devices import auto_batch_size
+from cvdm_cli.core.devices import auto_batch_size, synchronize
 from cvdm_cli.core.model import CVDM
 from cvdm_cli.io.tiff import TiffInput, open_tiff, output_spec
 from cvdm_cli.run.inputs import FileJob
@@ -331,13 +331,11 @@ def denoiser_seconds(
     def call(n: int) -> float:
         z = torch.zeros((n, 1, *tile_shape), device=device)
         g = torch.full_like(z, 0.5)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        synchronize(device)
         t = time.perf_counter()
         with autocast_context(device, precision):
             model.eps(z, z, g)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        synchronize(device)
         return time.perf_counter() - t
 
     call(1)

@@ -249,9 +249,9 @@ def cluster_options(
             path="--gpus",
             hint="drop --device (or use --workers N for CPU workers)",
         )
-    import torch
+    from cvdm_cli.core.devices import cuda_device_count
 
-    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    count = cuda_device_count()
     return ClusterOptions(
         gpus=gpu_devices(selection, count, os.environ.get("CUDA_VISIBLE_DEVICES"))
     )
@@ -507,26 +507,19 @@ class ModelPlugin(WorkerPlugin):
     def _warm(self, host: str, nthreads: int) -> None:
         import torch
 
-        try:
-            cores = len(os.sched_getaffinity(0))
-        except AttributeError:  # not on Linux
-            cores = os.cpu_count() or 1
-        share = max(nthreads, self.host_threads.get(host, 0), 1)
-        threads = max(1, cores // share)
-        cap = os.environ.get("CVDM_TORCH_THREADS", "")
-        if cap.isdigit() and int(cap) > 0:
-            threads = min(threads, int(cap))
-        torch.set_num_threads(threads)
+        from cvdm_cli.core.devices import worker_threads
+
+        # the worker's share of the host's cores: oversubscription slows convolutions down
+        torch.set_num_threads(worker_threads(max(nthreads, self.host_threads.get(host, 0), 1)))
         with contextlib.suppress(Exception):  # a model that fails to load fails its tasks
             get_model(self.model_ref)
 
     def teardown(self, worker: Any) -> None:
         """Free the model when the run is over (a shared cluster goes on with other work)."""
-        clear_model_cache()
-        import torch
+        from cvdm_cli.core.devices import free_device_memory
 
-        if torch.cuda.is_available() and torch.cuda.is_initialized():
-            torch.cuda.empty_cache()
+        clear_model_cache()
+        free_device_memory()
 
     async def setup(self, worker: Any) -> None:
         host = get_address_host(worker.address)

@@ -15,10 +15,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import torch
 
 from cvdm_cli import errors
-from cvdm_cli.core.devices import auto_batch_size, round_tile
+from cvdm_cli.core.devices import (
+    auto_batch_size,
+    free_device_memory,
+    is_out_of_memory,
+    round_tile,
+)
 from cvdm_cli.core.model import CVDM
 from cvdm_cli.core.normalize import (
     NormParams,
@@ -183,22 +187,6 @@ def enhance_plane(
     )
 
 
-def _is_out_of_memory(exc: BaseException) -> bool:
-    if isinstance(exc, (MemoryError, torch.cuda.OutOfMemoryError)):
-        return True
-    text = str(exc).lower()
-    return isinstance(exc, RuntimeError) and (
-        "out of memory" in text or "can't allocate memory" in text
-    )
-
-
-def _free_device_memory(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-    elif device.type == "mps" and hasattr(torch, "mps"):
-        torch.mps.empty_cache()
-
-
 def _smaller(
     settings: EnhanceSettings, model: CVDM, lr_shape: tuple[int, int]
 ) -> tuple[EnhanceSettings, str] | None:
@@ -243,11 +231,11 @@ def _sample_with_fallback(
             )
             return rec, current
         except (RuntimeError, MemoryError) as exc:
-            if not _is_out_of_memory(exc):
+            if not is_out_of_memory(exc):
                 raise
         # retried outside the handler, so the traceback (and the tensors its frames hold)
         # is released before the next attempt
-        _free_device_memory(model.device)
+        free_device_memory(model.device)
         nxt = _smaller(current, model, norm.shape)
         if nxt is None:
             raise errors.DeviceOutOfMemoryError(

@@ -15,11 +15,11 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from cvdm_cli.core.model import CVDM
+from cvdm_cli.core.progress import ProgressCallback
 from cvdm_cli.errors import ConfigError
 from cvdm_cli.sampling.plane import PlaneReconstruction, plan_for, reconstruct_plane
 from cvdm_cli.sampling.schedules import count_steps
 from cvdm_cli.sampling.settings import CLIP, SamplerSettings
-from cvdm_cli.sampling.steps import ProgressCallback
 
 
 @dataclass

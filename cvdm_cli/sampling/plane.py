@@ -33,13 +33,14 @@ from torch import Tensor
 
 from cvdm_cli.core.devices import auto_batch_size, autocast_context
 from cvdm_cli.core.model import CVDM
+from cvdm_cli.core.progress import ProgressCallback
 from cvdm_cli.core.tiling import TilePlan, plan_tiles, tile_seed, tile_weights, weight_sum
 from cvdm_cli.errors import ConfigError
 from cvdm_cli.sampling import views
 from cvdm_cli.sampling.noise import NoiseSource, plane_noise, sample_view
 from cvdm_cli.sampling.schedules import count_steps, make_schedules
 from cvdm_cli.sampling.settings import CLIP, DEFAULT_SAMPLING, TILINGS, SamplerSettings
-from cvdm_cli.sampling.steps import ProgressCallback, make_eps_fn, run_passes
+from cvdm_cli.sampling.steps import make_eps_fn, run_passes
 
 SAMPLE_CHUNK = 8  # samples held as planes at once (memory ~ SAMPLE_CHUNK planes)
 

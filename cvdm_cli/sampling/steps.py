@@ -16,7 +16,7 @@ With eta = 1 this is exactly the ancestral DDPM posterior q(z_t | z_s, x0_hat).
   i/n)^p from t_max = 1 - 1/T to 0 (p = :data:`FAST_GRID_POWER`, 1: uniform in t), with
   ``eta`` (default 1: ancestral). Both chosen by measurement, docs/sampling.md.
 
-Passes (fast sampler, ``passes``; by default passes of 2 steps, cvdm_cli/passes.py): the
+Passes (fast sampler, ``passes``; by default passes of 2 steps, cvdm_cli/sampling/passes.py): the
 ``steps`` calls are split into passes. The learned schedule does not reach zero signal:
 gamma(t_max, x) is about 0.04 for the trained models (the prior and boundary terms of the
 loss weigh it only weakly), so in
@@ -27,7 +27,7 @@ but the last, the finished residual is noised back to t_max with the training ma
 z_T = sqrt(g_T) r + sqrt(1 - g_T) eps, and sampled again: a restart to the terminal time
 (after Xu et al. 2023, "Restart sampling"), whose chain forgets the start. With an exact
 denoiser of a Gaussian, a pure-noise start biases the samples' mean and restarts remove it
-(tests/test_passes.py). Measured in docs/sampling.md.
+(tests/sampling/test_passes.py). Measured in docs/sampling.md.
 
 lambda(x) does not depend on t: it is computed once per image, and the K samples of an
 image share it. Noise comes from one torch.Generator per (image, sample), seeded from the
@@ -42,8 +42,6 @@ from torch import Tensor
 from cvdm_cli.core.devices import autocast_context
 from cvdm_cli.core.model import CVDM
 from cvdm_cli.sampling.schedules import FastSchedule, ReferenceSchedule
-
-ProgressCallback = Callable[[int, int], None]  # (done, total) in denoiser item-passes
 
 
 def ddim_update(

@@ -61,7 +61,6 @@ __all__ = [
     "make_pair",
     "new_state",
     "pair_files",
-    "psnr",
     "read_image",
     "resolve_precision",
     "save_checkpoint",
@@ -246,12 +245,6 @@ def new_state(
 # --- validation -------------------------------------------------------------------------
 
 
-def psnr(pred: np.ndarray, target: np.ndarray, data_range: float = VAL_DATA_RANGE) -> float:
-    """:func:`cvdm_cli.core.metrics.psnr` (dB) with the normalised images' range as default;
-    ``pred`` and ``target`` of one shape."""
-    return metrics.psnr(pred, target, data_range)
-
-
 @torch.no_grad()
 def validate(model: CVDM, pairs: Sequence[Pair], cfg: TrainConfig) -> dict[str, float]:
     """Mean PSNR (normalised units, range 2) of the fast sampler vs bicubic on val pairs
@@ -271,8 +264,8 @@ def validate(model: CVDM, pairs: Sequence[Pair], cfg: TrainConfig) -> dict[str, 
     for i, pair in enumerate(pairs[: cfg.val_images] if cfg.val_images else pairs):
         rec = reconstruct_plane(model, pair.lowres[0].numpy(), settings, plane_index=i)
         target = pair.y.numpy()[0]
-        scores.append(psnr(rec.mean, target))
-        bicubic.append(psnr(pair.x.numpy()[0], target))
+        scores.append(metrics.psnr(rec.mean, target, VAL_DATA_RANGE))
+        bicubic.append(metrics.psnr(pair.x.numpy()[0], target, VAL_DATA_RANGE))
     return {
         "val_psnr": float(np.mean(scores)),
         "val_psnr_bicubic": float(np.mean(bicubic)),

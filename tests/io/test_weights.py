@@ -100,3 +100,34 @@ def test_import_does_not_load_torch():
         "from cvdm_cli import CVDM; assert 'torch' in sys.modules"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_generic_tensor_files_roundtrip_atomically(tmp_path):
+    """write_tensors / read_tensors: what weights and training checkpoints are made of."""
+    from cvdm_cli.io.weights import read_tensors, write_tensors
+
+    tensors = {"a/b": torch.arange(6, dtype=torch.float32).reshape(2, 3), "c": torch.ones(1)}
+    path = write_tensors(tmp_path / "t.safetensors", tensors, {"format": "x", "n": "2"})
+    assert [p.name for p in tmp_path.iterdir()] == ["t.safetensors"]  # no partial file
+    meta, loaded = read_tensors(path)
+    assert meta == {"format": "x", "n": "2"}
+    assert loaded.keys() == tensors.keys()
+    assert all(torch.equal(loaded[k], v) for k, v in tensors.items())
+    assert read_tensors(path, with_tensors=False) == (meta, {})
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"garbage" * 4)
+    with pytest.raises(InvalidWeightsError, match=r"not a readable thing \(.*\) — do this"):
+        read_tensors(bad, what="a readable thing", hint="do this")
+
+
+def test_format_checks_import_neither_torch_nor_safetensors():
+    """The registry refuses pickle formats while reading weights.toml: that must stay cheap."""
+    code = (
+        "import sys\n"
+        "from cvdm_cli.io.weights import check_weights_path, weights_format_problem\n"
+        "assert weights_format_problem('m.pt') and check_weights_path('m.safetensors')\n"
+        "print(sorted(m for m in ('torch', 'safetensors') if m in sys.modules))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"

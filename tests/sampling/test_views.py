@@ -77,9 +77,7 @@ def test_reconstruct_plane_tta_sample_k_is_view_k(tiny_model, tiling, shape, til
         plane_index=1, return_samples=True, batch_size=4,
     )  # fmt: skip
     calls: list[int] = []
-    tta = sample_plane(
-        tiny_model, plane, tta=True, callback=lambda d, t: calls.append(t), **common
-    )
+    tta = sample_plane(tiny_model, plane, tta=True, callback=lambda d, t: calls.append(t), **common)
     out_shape = (2 * shape[0], 2 * shape[1])
     assert tta.samples.shape == (9, *out_shape)
     assert tta.mean.shape == tta.var.shape == tta.difficulty.shape == out_shape

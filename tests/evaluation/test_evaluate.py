@@ -200,7 +200,7 @@ def test_evaluate_end_to_end_numbers_and_files(tmp_path: Path, model_path: Path)
     assert report.rl_tuning is not None and report.rl_tuning["stems"] == val
     assert report.settings["rl_iterations"] in (2, 5)
     assert report.settings["psf_source"].startswith("gaussian")
-    assert report.settings["passes"] == [3]  # 3 steps: one pass (cvdm_cli/passes.py)
+    assert report.settings["passes"] == [3]  # 3 steps: one pass (sampling/passes.py)
     assert report.settings["grid_power"] == FAST_GRID_POWER == 1.0
     report_md = (tmp_path / "report" / "report.md").read_text()
     assert "time grid within a pass: uniform in t" in report_md

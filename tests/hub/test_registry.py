@@ -15,7 +15,7 @@ from cvdm_cli import errors
 from cvdm_cli.hub import hf as hub
 from cvdm_cli.hub import registry, verify
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 SHA = "a" * 64
 
@@ -381,3 +381,44 @@ def test_update_sha_with_hub_subtable_goes_into_the_main_table(tmp_path):
     assert registry.main(["--registry", str(path), "update-sha", "m1", "--file", str(f)]) == 0
     entry = registry.load_registry(path).get("m1")
     assert entry.sha256 == hashlib.sha256(b"w").hexdigest() and entry.kind == "hub"
+
+
+def test_resolving_a_packaged_model_imports_neither_huggingface_hub_nor_torch(tmp_path):
+    """The default (packaged) model is found and checksummed with the standard library only:
+    huggingface_hub is for hub downloads, torch and safetensors for loading."""
+    code = (
+        "import sys\n"
+        "from cvdm_cli.hub.registry import resolve_model\n"
+        "r = resolve_model(None)\n"
+        "print(r.source, r.verified, sorted(m for m in ('huggingface_hub', 'torch', 'safetensors')"
+        " if m in sys.modules))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != registry.REGISTRY_ENV}
+    env["HF_HOME"] = str(tmp_path / "hf_home")
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["package", "True", "[]"]
+    assert list((tmp_path / "hf_home" / "cvdm" / "verified").glob("*.json"))  # marked
+
+
+@pytest.mark.parametrize("name", ["model.pt", "weights.ckpt", "pytorch_model.bin", "m.onnx", "m"])
+def test_one_format_rule_for_registry_entries_specs_and_weights_files(name, tmp_path):
+    """Registry entries, hf:// specs, local paths and load_weights refuse a non-.safetensors
+    name with the words of the one rule (cvdm_cli.io.weights.weights_format_problem)."""
+    from cvdm_cli.io.weights import check_weights_path, weights_format_problem
+
+    problem = weights_format_problem(name)
+    assert problem is not None and ("pickle" in problem) == (name != "m.onnx" and name != "m")
+    with pytest.raises(errors.RegistryError) as entry:
+        registry.parse_registry(_entry(default=True, package=f"models/{name}"))
+    assert problem in str(entry.value)
+    for spec in (f"hf://owner/repo/{name}", str(tmp_path / name)):
+        with pytest.raises(errors.UnsafeWeightsFormatError) as refused:
+            registry.resolve_model(spec, registry=registry.parse_registry(_entry(default=True)))
+        assert problem in str(refused.value)
+    with pytest.raises(errors.UnsafeWeightsFormatError) as local:
+        check_weights_path(tmp_path / name)
+    assert problem in str(local.value)
+    assert weights_format_problem("Model.SafeTensors") is None

@@ -31,7 +31,7 @@ from cvdm_cli.cli.app import app
 from cvdm_cli.hub import hf as hub
 from cvdm_cli.hub import registry, verify
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 REPO_ID = "lab/cvdm-test"
 FILENAME = "weights/model.safetensors"
 NAME = "test-hub-model"
