@@ -210,7 +210,7 @@ def plan_tiles(
     lr_shape: tuple[int, int],
     *,
     tile: int | tuple[int, int],
-    overlap: int = 32,
+    overlap: int,
     scale: int = 2,
     margin_lr: int = 4,
     multiple: int | None = None,

@@ -75,6 +75,7 @@ from cvdm_cli.run.outputs import FileOutputs, skip_existing
 from cvdm_cli.run.plane import PlaneOutput, check_tiling, process_plane
 from cvdm_cli.run.settings import EnhanceSettings, ModelRef
 from cvdm_cli.sampling.plane import plan_for
+from cvdm_cli.sampling.settings import DEFAULT_SAMPLING
 
 __all__ = [
     "ClusterBatchResult",
@@ -575,7 +576,7 @@ def prepare_workers(
     device: str = "auto",
     precision: str = "auto",
     tile: int | None = None,
-    samples: int = 8,
+    samples: int = DEFAULT_SAMPLING.samples,
     notice: Callable[[str], None] | None = None,
 ) -> tuple[ModelRef, WorkerSetup]:
     """Wait for a worker, resolve device/precision/tile on it, and load the model on all.

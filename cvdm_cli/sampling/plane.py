@@ -379,7 +379,7 @@ def schedule_map_plane(
     lowres: np.ndarray,
     *,
     tile: int | None = None,
-    overlap: int = 32,
+    overlap: int = DEFAULT_SAMPLING.overlap,
     batch_size: int | None = None,
 ) -> np.ndarray:
     """lambda(x) of a plane on the output grid (tiled and blended), float32 (H, W)."""
