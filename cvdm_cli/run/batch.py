@@ -40,7 +40,7 @@ import numpy as np
 import torch
 
 from cvdm_cli import errors
-from cvdm_cli.core.devices import auto_batch_size, synchronize
+from cvdm_cli.core.devices import auto_batch_size, autocast_context, synchronize
 from cvdm_cli.core.model import CVDM
 from cvdm_cli.io.tiff import TiffInput, open_tiff, output_spec
 from cvdm_cli.run.inputs import FileJob
@@ -320,8 +320,6 @@ def denoiser_seconds(
     grows with the batch on a CPU, where memory traffic dominates); cached per (model,
     tile, precision, batch).
     """
-    from cvdm_cli.core.devices import autocast_context
-
     key = (id(model), str(model.device), tuple(tile_shape), precision, batch)
     cached = _PASS_TIMES.get(key)
     if cached is not None:

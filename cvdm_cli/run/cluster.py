@@ -66,7 +66,14 @@ except ImportError as exc:  # the optional extra is missing (or broken)
         hint='install it with: pip install "cvdm-cli[cluster]"',
     ) from None
 
-from cvdm_cli.core.devices import default_tile
+from cvdm_cli.core.devices import (
+    cuda_device_count,
+    default_tile,
+    free_device_memory,
+    pick_device,
+    pick_precision,
+    worker_threads,
+)
 from cvdm_cli.io.tiff import open_tiff
 from cvdm_cli.run.batch import BatchResult, FileResult, Reporter
 from cvdm_cli.run.inputs import FileJob
@@ -250,8 +257,6 @@ def cluster_options(
             path="--gpus",
             hint="drop --device (or use --workers N for CPU workers)",
         )
-    from cvdm_cli.core.devices import cuda_device_count
-
     count = cuda_device_count()
     return ClusterOptions(
         gpus=gpu_devices(selection, count, os.environ.get("CUDA_VISIBLE_DEVICES"))
@@ -508,8 +513,6 @@ class ModelPlugin(WorkerPlugin):
     def _warm(self, host: str, nthreads: int) -> None:
         import torch
 
-        from cvdm_cli.core.devices import worker_threads
-
         # the worker's share of the host's cores: oversubscription slows convolutions down
         torch.set_num_threads(worker_threads(max(nthreads, self.host_threads.get(host, 0), 1)))
         with contextlib.suppress(Exception):  # a model that fails to load fails its tasks
@@ -517,8 +520,6 @@ class ModelPlugin(WorkerPlugin):
 
     def teardown(self, worker: Any) -> None:
         """Free the model when the run is over (a shared cluster goes on with other work)."""
-        from cvdm_cli.core.devices import free_device_memory
-
         clear_model_cache()
         free_device_memory()
 
@@ -535,8 +536,6 @@ def _probe(
 ) -> dict[str, Any] | _ErrorValue:
     """On one worker: resolve --device / --precision and the --tile default there (the
     client may be a login node without a GPU) and load the model once."""
-    from cvdm_cli.core.devices import pick_device, pick_precision
-
     try:
         if not os.path.isfile(path):
             raise errors.UnknownModelError(

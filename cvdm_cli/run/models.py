@@ -9,6 +9,7 @@ import torch
 
 from cvdm_cli import errors
 from cvdm_cli.core.model import CVDM
+from cvdm_cli.io.weights import load_weights
 from cvdm_cli.run.settings import ModelRef
 
 _MODEL_CACHE: dict[tuple[str, int, int, str], CVDM] = {}
@@ -17,8 +18,6 @@ _MODEL_LOCK = threading.Lock()
 
 def get_model(ref: ModelRef) -> CVDM:
     """The model of ``ref``, loaded once per process (keyed by file identity and device)."""
-    from cvdm_cli.io.weights import load_weights
-
     real = os.path.realpath(ref.path)
     try:
         st = os.stat(real)

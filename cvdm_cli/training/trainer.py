@@ -37,7 +37,9 @@ from cvdm_cli.core.devices import AUTOCAST_DTYPES, pick_precision
 from cvdm_cli.core.diffusion import LossTerms, cvdm_losses
 from cvdm_cli.core.model import CVDM
 from cvdm_cli.errors import InputNotFoundError, InvalidWeightsError
-from cvdm_cli.io.weights import read_tensors, write_tensors
+from cvdm_cli.io.weights import read_tensors, save_weights, write_tensors
+from cvdm_cli.sampling.plane import reconstruct_plane
+from cvdm_cli.sampling.settings import SamplerSettings
 from cvdm_cli.training.data import (  # re-exported: their home is training/data.py
     Pair,
     PairedData,
@@ -254,8 +256,6 @@ def validate(model: CVDM, pairs: Sequence[Pair], cfg: TrainConfig) -> dict[str, 
     and step counts (``cfg.val_samples``, ``cfg.val_steps``) and whole planes (a validation
     image is small); pair i is plane i, so the draws are fixed by the pair list.
     """
-    from cvdm_cli.sampling.plane import reconstruct_plane
-    from cvdm_cli.sampling.settings import SamplerSettings
 
     if not pairs:
         return {}
@@ -379,8 +379,6 @@ def export_weights(
     device: str,
 ) -> Path:
     """Write the EMA weights with a self-describing training record in the metadata."""
-    from cvdm_cli.io.weights import save_weights
-
     ema = state.ema
     ema.info = {
         **state.model.info,
