@@ -18,7 +18,8 @@ DOORS = {
     "tifffile": ("io/",),
     "safetensors": ("io/weights.py",),
     "huggingface_hub": ("hub/hf.py",),
-    "microsim": ("training/simulation.py",),
+    # our training simulator uses its PSFs; the held-out G1 pipeline uses it end to end
+    "microsim": ("training/simulation.py", "evaluation/heldout.py"),
     "matplotlib": ("evaluation/figures.py",),
     "dask": ("run/cluster.py",),
     "distributed": ("run/cluster.py",),

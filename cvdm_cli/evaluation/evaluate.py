@@ -62,7 +62,7 @@ from cvdm_cli.errors import (
 from cvdm_cli.evaluation import baselines
 from cvdm_cli.evaluation.figures import FigureWriter, Panels
 from cvdm_cli.evaluation.report import CSV_COLUMNS, EvaluationReport, prepare_out, write_reports
-from cvdm_cli.io.pairs import ImagePair, find_pairs, read_plane
+from cvdm_cli.io.pairs import PARAMS_FILE, ImagePair, find_pairs, read_plane
 from cvdm_cli.io.tiff import open_tiff
 from cvdm_cli.io.weights import load_weights
 from cvdm_cli.run.inputs import FileJob, prepare_output_dir
@@ -70,6 +70,7 @@ from cvdm_cli.run.outputs import FileOutputs
 from cvdm_cli.run.plane import PlaneOutput, enhance_plane
 from cvdm_cli.run.settings import DEFAULT_ENHANCE, EnhanceSettings, ModelRef
 from cvdm_cli.sampling.schedules import FAST_GRID_POWER, count_steps
+from cvdm_cli.training.simulation import SIMULATOR_NAME as OUR_SIMULATOR
 
 __all__ = [
     "CSV_COLUMNS",
@@ -83,7 +84,6 @@ __all__ = [
     "score_samples",
 ]
 
-PARAMS_FILE = "params.json"
 
 BICUBIC, RL, FAST, REFERENCE = "bicubic", "rl", "cvdm_fast", "cvdm_reference"
 BASELINES = (BICUBIC, RL)
@@ -234,8 +234,10 @@ class _PSFs:
         pixel = self._pixel(stem, lr_path)
         if pixel is None:  # pragma: no cover - guarded by available()
             raise DataError("no pixel size for the PSF", path=lr_path)
-        toy = p is not None and p.get("simulator") == "gaussian2d-toy"
-        sim = None if self.sigma_nm is not None or toy else _simulation_psf()
+        # our simulator's own PSF model only for its pairs (the toy's and other generators'
+        # pairs, e.g. a held-out set, get the Gaussian approximation from NA and wavelength)
+        ours = p is not None and p.get("simulator", OUR_SIMULATOR) == OUR_SIMULATOR
+        sim = None if self.sigma_nm is not None or not ours else _simulation_psf()
         try:
             psf, source = baselines.psf_from_params(
                 p, pixel, scale=self.scale, sigma_nm=self.sigma_nm, simulation_psf=sim

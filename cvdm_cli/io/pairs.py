@@ -16,7 +16,9 @@ The rules, in the order they are checked:
 
 from __future__ import annotations
 
+import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -26,9 +28,19 @@ import numpy as np
 from cvdm_cli.errors import DataError, InputNotFoundError
 from cvdm_cli.io.tiff import read_single_plane
 
-__all__ = ["TIFF_SUFFIXES", "ImagePair", "Purpose", "find_pairs", "read_plane", "tiff_files"]
+__all__ = [
+    "PARAMS_FILE",
+    "TIFF_SUFFIXES",
+    "ImagePair",
+    "Purpose",
+    "find_pairs",
+    "read_plane",
+    "refuse_heldout",
+    "tiff_files",
+]
 
 TIFF_SUFFIXES = (".tif", ".tiff")
+PARAMS_FILE = "params.json"  # per-pair parameters next to lr/ and hr/ (cvdm simulate, cvdm heldout)
 
 Purpose = Literal["evaluation", "training"]
 
@@ -119,3 +131,25 @@ def read_plane(
     :func:`cvdm_cli.io.tiff.open_tiff`.
     """
     return read_single_plane(path, dtype=dtype, purpose=f"{purpose} pairs")
+
+
+def refuse_heldout(folders: Sequence[str | os.PathLike[str]]) -> None:
+    """Raise DataError when a ``params.json`` in one of ``folders`` (or its parent) marks
+    a held-out set: training and model selection must never see one."""
+    for folder in folders:
+        for where in (Path(folder), Path(folder).parent):
+            path = where / PARAMS_FILE
+            if not path.is_file():
+                continue
+            try:
+                data = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                continue  # not ours to judge: the pairing reports unreadable data
+            if isinstance(data, dict) and data.get("heldout") is True:
+                name = (data.get("generator") or {}).get("name", "a held-out generator")
+                raise DataError(
+                    f"is a held-out test set ({name}); models are never trained on it",
+                    path=folder,
+                    hint="train on cvdm simulate data (or your own pairs); use this set "
+                    "with cvdm evaluate only",
+                )

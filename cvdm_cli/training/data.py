@@ -26,7 +26,7 @@ from torch import Tensor
 from cvdm_cli.core.config import ModelConfig
 from cvdm_cli.core.normalize import percentile_normalize
 from cvdm_cli.errors import DataError
-from cvdm_cli.io.pairs import find_pairs, read_plane
+from cvdm_cli.io.pairs import find_pairs, read_plane, refuse_heldout
 
 __all__ = ["Pair", "PairedData", "make_pair", "pair_files", "read_image"]
 
@@ -86,7 +86,11 @@ class PairedData:
         val_fraction: float,
         seed: int = 0,
     ) -> PairedData:
-        """Read every pair of ``lr_dir`` / ``hr_dir`` (matched by stem) into memory."""
+        """Read every pair of ``lr_dir`` / ``hr_dir`` (matched by stem) into memory.
+
+        Refuses a held-out test set (errors.DataError): no model trains on one.
+        """
+        refuse_heldout([lr_dir, hr_dir])
         pairs = []
         for found in find_pairs(lr_dir, hr_dir, purpose="training"):
             lr, hr = read_image(found.lr), read_image(found.hr)

@@ -66,6 +66,7 @@ from cvdm_cli.io.tiff import write_plane_tiff
 from cvdm_cli.training import structures
 
 SLAB_Z_NM: tuple[float, ...] = (-300.0, -200.0, -100.0, 0.0, 100.0, 200.0, 300.0)
+SIMULATOR_NAME = "widefield3d-microsim"  # params.json "simulator" of our physical simulator
 MARGIN_NM = 1200.0  # field margin against FFT wrap-around of out-of-focus light
 PSF_WINDOW = 257  # fine pixels per side of the computed PSF (odd; 3.5-7 µm)
 PERCENTILE = 99.9  # "brightest structure" = this percentile of the noise-free image
@@ -599,7 +600,7 @@ def simulate_pair(
     lr, hr = render_pair(params, density, simple=simple, rng=noise_rng)
     meta = params.to_dict()
     meta.update(
-        simulator="gaussian2d-toy" if simple else "widefield3d-microsim",
+        simulator="gaussian2d-toy" if simple else SIMULATOR_NAME,
         lr_shape=list(lr.shape),
         hr_shape=list(hr.shape),
         slab_z_nm=list(SLAB_Z_NM),
@@ -723,7 +724,7 @@ def simulate_dataset(
             "tool": "cvdm simulate",
             "version": __version__,
             "microsim": _microsim_version(),
-            "simulator": "gaussian2d-toy" if simple else "widefield3d-microsim",
+            "simulator": "gaussian2d-toy" if simple else SIMULATOR_NAME,
             "command": command,
             "n": n,
             "structure": structure,
