@@ -10,7 +10,10 @@ import typer
 
 from cvdm_cli.cli.common import run_guarded, stderr
 
-STRUCTURE_HELP = "Ground truth: filaments, vesicles, reticulum or mixed."
+STRUCTURE_HELP = (
+    "Ground truth: filaments, vesicles, reticulum, lines (straight, sparse to dense meshes) "
+    "or mixed."
+)
 
 
 def simulate(

@@ -56,6 +56,28 @@ def test_filaments_are_thin_lines():
     assert np.median(nb[occupied]) <= 6
 
 
+def test_lines_are_straight_and_range_from_sparse_to_dense():
+    """Each line of ``lines`` is straight: its fine-grid points fit a line to a fraction of
+    a pixel; and over seeds the field runs from a few lines to a dense mesh."""
+    from cvdm_cli.training.structures import lines
+
+    one = Grid(ny=200, nx=200, pixel_nm=16.0, z_nm=Z)
+    coverage = []
+    for seed in range(8):
+        proj = lines(one, np.random.default_rng(seed)).sum(axis=0)
+        coverage.append(float((proj > 0).mean()))
+    assert max(coverage) > 3 * min(coverage)  # sparse and dense fields both drawn
+    # one line alone (density so low that one is drawn): its pixels are collinear
+    rng = np.random.default_rng(5)
+    proj = lines(Grid(ny=300, nx=300, pixel_nm=16.0, z_nm=Z), rng, density=1e-6).sum(axis=0)
+    yy, xx = np.nonzero(proj > 0)
+    pts = np.stack([yy, xx], 1).astype(float)
+    pts -= pts.mean(axis=0)
+    sv = np.linalg.svd(pts, compute_uv=False)
+    assert sv[1] / np.sqrt(len(pts)) < 0.6  # rms distance from the line < 0.6 px
+    assert sv[0] / np.sqrt(len(pts)) > 20  # and it is long
+
+
 def test_unknown_structure_is_a_config_error():
     with pytest.raises(errors.ConfigError, match="beads"):
         generate("beads", GRID, np.random.default_rng(0))
