@@ -30,6 +30,7 @@ COMMAND_MODULES = (
     "cvdm_cli.cli.simulate_cmd",
     "cvdm_cli.cli.heldout_cmd",
     "cvdm_cli.cli.train_cmd",
+    "cvdm_cli.cli.care_cmd",
     "cvdm_cli.cli.evaluate_cmd",
 )
 

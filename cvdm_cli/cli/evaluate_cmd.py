@@ -1,4 +1,5 @@
-"""``cvdm evaluate``: cvdm vs bicubic and Richardson–Lucy on paired LR/HR TIFF folders."""
+"""``cvdm evaluate``: cvdm vs bicubic, Richardson–Lucy and trained baselines (CARE) on
+paired LR/HR TIFF folders."""
 
 from __future__ import annotations
 
@@ -86,6 +87,12 @@ def evaluate(
     val_fraction: float = typer.Option(
         0.25, "--val-fraction", help="Share of pairs held out to tune Richardson–Lucy."
     ),
+    baseline: list[str] | None = typer.Option(
+        None,
+        "--baseline",
+        help="A trained baseline to score next to cvdm, care:PATH.safetensors (from cvdm "
+        "train-care); repeat for several (rows care, care2, ...).",
+    ),
     seed: EvaluateSeedOpt = D.seed,
     sampler_seed: int | None = typer.Option(
         None,
@@ -107,7 +114,7 @@ def evaluate(
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout."),
     quiet: QuietOpt = False,
 ) -> None:
-    """Score cvdm against bicubic and Richardson–Lucy: PSNR, SSIM, NRMSE and uncertainty.
+    """Score cvdm against bicubic, Richardson–Lucy (and CARE): PSNR, SSIM, NRMSE, uncertainty.
 
     Pairs lr/<name>.tif with hr/<name>.tif (HR exactly 2x the LR). Metrics follow CSBDeep's
     fair comparison (percentile-normalised target, least-squares scale and offset). cvdm is
@@ -166,6 +173,7 @@ def evaluate(
                 model_name=resolved.name,
                 model_sha256=resolved.sha256 or "",
                 model_source=str(resolved.path),
+                extra_baselines=baseline or (),
                 progress=bar.update,
             )
         for notice in report.notices:
@@ -219,15 +227,20 @@ def _tables(report: Any) -> list[Table]:
     n = report.settings["n_scored"]
     quality = Table(title=f"{n} image(s), mean; CSBDeep fair comparison", box=box.SIMPLE_HEAD)
     quality.add_column("method", no_wrap=True)
-    for col in ("PSNR dB", "SSIM", "NRMSE", "beats bicubic", "beats RL"):
+    # the baselines: bicubic, RL, then the trained ones (care, care2, ...) that were run
+    trained = [m for m in report.summary if m not in ("bicubic", "rl")]
+    bases = ["bicubic", "rl", *(m for m in trained if not m.startswith("cvdm"))]
+    for col in ("PSNR dB", "SSIM", "NRMSE"):
         quality.add_column(col, justify="right", no_wrap=True)
+    for b in bases:
+        quality.add_column(f"beats {'RL' if b == 'rl' else b}", justify="right", no_wrap=True)
     for method, s in report.summary.items():
         wins = report.wins.get(method, {})
         beats = [
             f"{wins[b]['psnr_win_fraction']:.0%} / {wins[b]['ssim_win_fraction']:.0%}"
             if b in wins
             else "–"
-            for b in ("bicubic", "rl")
+            for b in bases
         ]
         mean = s["mean"]
         quality.add_row(method, _f(mean["psnr"], 2), _f(mean["ssim"]), _f(mean["nrmse"], 4), *beats)

@@ -22,26 +22,36 @@ numpy and scikit-image only (no torch).
   (a box ``scale`` output pixels wide): the upsampled input was integrated over those pixels.
 - :func:`tune_rl_iterations`: the number of RL iterations that maximises the mean PSNR
   (fair-comparison PSNR, ``cvdm_cli.core.metrics``) on validation images.
+- Trained baselines (``cvdm evaluate --baseline KIND:PATH``): :func:`parse_trained_baselines`
+  turns the specs into named :class:`TrainedBaseline` entries; the only kind is ``care``,
+  a CARE U-Net from ``cvdm train-care`` (:mod:`cvdm_cli.core.care`, run by
+  ``cvdm_cli.evaluation.evaluate``, which loads it through ``cvdm_cli.io.weights``).
 """
 
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from cvdm_cli.core.metrics import fair_scores
+from cvdm_cli.errors import ConfigError
 
 __all__ = [
     "DEFAULT_RL_GRID",
+    "TRAINED_KINDS",
     "RLTuning",
+    "TrainedBaseline",
     "bicubic_upsample",
     "gaussian_psf",
     "normalize_psf",
+    "parse_trained_baselines",
     "pixel_integrate",
     "psf_from_params",
     "richardson_lucy",
@@ -282,3 +292,40 @@ def tune_rl_iterations(
     mean = {c: float(np.mean(v)) for c, v in scores.items()}
     best = max(counts, key=lambda c: (mean[c], -c))
     return RLTuning(best=best, mean_psnr=mean, n_images=len(upsampled), stems=tuple(stems))
+
+
+# --- trained baselines -----------------------------------------------------------------
+
+TRAINED_KINDS = ("care",)
+
+
+@dataclass(frozen=True)
+class TrainedBaseline:
+    """One ``--baseline KIND:PATH``: ``name`` is its method name in every table ("care",
+    then "care2", "care3", ... in the order given)."""
+
+    kind: str
+    path: Path
+    name: str
+
+
+def parse_trained_baselines(specs: Sequence[str | os.PathLike[str]]) -> list[TrainedBaseline]:
+    """``["care:a.safetensors", "care:b.safetensors"]`` -> care (a), care2 (b).
+
+    Raises ConfigError for a spec without ``KIND:``, an unknown kind or an empty path.
+    """
+    out: list[TrainedBaseline] = []
+    counts: dict[str, int] = {}
+    for spec in specs:
+        text = os.fspath(spec)
+        kind, sep, path = text.partition(":")
+        if not sep or kind not in TRAINED_KINDS or not path:
+            raise ConfigError(
+                f"not a baseline spec: {text!r}",
+                path="--baseline",
+                hint="use care:PATH.safetensors (a network from cvdm train-care)",
+            )
+        counts[kind] = counts.get(kind, 0) + 1
+        name = kind if counts[kind] == 1 else f"{kind}{counts[kind]}"
+        out.append(TrainedBaseline(kind=kind, path=Path(path), name=name))
+    return out

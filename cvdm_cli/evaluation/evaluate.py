@@ -12,7 +12,12 @@ For every pair (``lr/<stem>.tif``, ``hr/<stem>.tif``, HR exactly ``scale`` x LR)
   paper's sampler (T - 1 steps) with ``reference_samples`` samples (it costs (T-1)/steps
   times more per sample, so fewer), optionally on the first ``reference_limit`` images only;
   cvdm_fast_k<K>: the mean of the first K fast samples, K = ``reference_samples``, so that
-  fast and reference are also compared at equal sample counts.
+  fast and reference are also compared at equal sample counts;
+- care (care2, ...): a trained CARE U-Net given as ``extra_baselines=["care:FILE"]``
+  (``cvdm evaluate --baseline care:FILE``, from ``cvdm train-care``): the LR plane as cvdm
+  reads it, normalised with the file's percentiles (1 / 99.8 by default), upsampled as the
+  condition, predicted and mapped back to input units with the LR's percentiles
+  (:func:`cvdm_cli.core.care.care_enhance_plane`), then scored like bicubic and RL.
 
 The LR is normalised for the model with the model's own percentiles (1, 99.8 by default)
 to [-1, 1] and the outputs mapped back to input units. Every method is then scored against
@@ -28,7 +33,8 @@ for 2 x 199 reference passes.
 Writes (when ``out_dir`` is given): ``metrics.csv`` (one row per image and method; ``steps``
 holds the RL iterations for rl),
 ``report.json`` (settings, per image, mean/median per method, fraction of images where each
-cvdm variant beats each baseline in PSNR and SSIM, fast vs reference, RL tuning),
+cvdm variant beats each baseline (bicubic, rl, care, ...) in PSNR and SSIM, fast vs
+reference, RL tuning, the trained baselines in ``settings["baselines"]``),
 ``report.md`` (:meth:`EvaluationReport.to_markdown`), and with matplotlib (extra
 ``figures``) ``figures/<stem>.png`` and ``summary.png``.
 """
@@ -48,6 +54,7 @@ from typing import Any
 import numpy as np
 
 from cvdm_cli.core import metrics
+from cvdm_cli.core.care import CareNet, care_enhance_plane
 from cvdm_cli.core.model import CVDM
 from cvdm_cli.core.variance import (
     DEFAULT_VARIANCE_SMOOTHING,
@@ -64,7 +71,7 @@ from cvdm_cli.evaluation.figures import FigureWriter, Panels
 from cvdm_cli.evaluation.report import CSV_COLUMNS, EvaluationReport, prepare_out, write_reports
 from cvdm_cli.io.pairs import PARAMS_FILE, ImagePair, find_pairs, read_plane
 from cvdm_cli.io.tiff import open_tiff
-from cvdm_cli.io.weights import load_weights
+from cvdm_cli.io.weights import load_care, load_weights
 from cvdm_cli.run.inputs import FileJob, prepare_output_dir
 from cvdm_cli.run.outputs import FileOutputs
 from cvdm_cli.run.plane import PlaneOutput, enhance_plane
@@ -86,7 +93,7 @@ __all__ = [
 
 
 BICUBIC, RL, FAST, REFERENCE = "bicubic", "rl", "cvdm_fast", "cvdm_reference"
-BASELINES = (BICUBIC, RL)
+BASELINES = (BICUBIC, RL)  # always run (RL when there is a PSF); trained ones: "care", ...
 
 SUMMARY_KEYS = (
     "psnr",
@@ -327,7 +334,8 @@ def _wins(rows: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, Any]]]:
     out: dict[str, dict[str, dict[str, Any]]] = {}
     for m in (m for m in methods if m.startswith("cvdm")):
         mine = _by(rows, m)
-        for base in (b for b in BASELINES if b in methods):
+        # every method that is not cvdm is a baseline: bicubic, rl, care, care2, ...
+        for base in (b for b in methods if not b.startswith("cvdm")):
             theirs = _by(rows, base)
             stems = [s for s in mine if s in theirs]
             if not stems:
@@ -378,7 +386,8 @@ class _Run:
     fast / reference: the settings ``cvdm enhance`` would run with (one EnhanceSettings
     each, samples kept for scoring); every image is sampled as plane 0 of its file with
     seed ``fast.seed``, as ``cvdm enhance --seed`` samples each file. model_ref names the
-    model in the provenance of saved predictions; save_dir: where they go (None: nowhere).
+    model in the provenance of saved predictions; save_dir: where they go (None: nowhere);
+    trained: the CARE baselines, each with its method name.
     """
 
     model: CVDM
@@ -389,6 +398,7 @@ class _Run:
     rl_iterations: int | None
     model_ref: ModelRef
     save_dir: Path | None = None
+    trained: tuple[tuple[str, CareNet], ...] = ()  # (method name, net) per --baseline
 
     @property
     def samples(self) -> int:
@@ -526,6 +536,14 @@ def _score_pair(
         rows.append(
             _row(stem, RL, fair_rl, steps=run.rl_iterations, seconds=time.perf_counter() - t0)
         )
+    for name, net in run.trained:  # the raw plane cvdm sees, normalised by the net's rule
+        t0 = time.perf_counter()
+        pred = care_enhance_plane(
+            net, lr_raw, nan_policy="replace" if run.fast.replace_nan else "raise",
+            label=f"{pair.lr} plane 0",
+        )  # fmt: skip
+        fair_care = metrics.fair_scores(pred.astype(np.float64), hr)
+        rows.append(_row(stem, name, fair_care, seconds=time.perf_counter() - t0))
 
     fair_cvdm, std_cvdm = None, None
     for sampler in run.samplers:
@@ -571,7 +589,7 @@ def _score_pair(
         "std": std_cvdm,
         "abs error": None if fair_cvdm is None else np.abs(fair_cvdm.fitted - fair_cvdm.target),
     }
-    shown = (BICUBIC, RL, FAST)
+    shown = (BICUBIC, RL, *(name for name, _ in run.trained), FAST)
     title = f"{stem}: " + " · ".join(
         f"{r['method']} {r['psnr']:.2f} dB, SSIM {r['ssim']:.3f}" for r in rows
         if r["method"] in shown
@@ -617,6 +635,7 @@ def evaluate(
     model_name: str = "",
     model_sha256: str = "",
     model_source: str = "",
+    extra_baselines: Sequence[str | os.PathLike[str]] = (),
     progress: ProgressFn | None = None,
 ) -> EvaluationReport:
     """Score cvdm, bicubic and Richardson–Lucy on the pairs of ``lr_dir`` and ``hr_dir``.
@@ -659,6 +678,10 @@ def evaluate(
             file with the same model, seed and settings (``model_name``/``model_sha256``
             are recorded in their provenance; ``overwrite`` replaces existing ones).
         model_source: how the report names the model file (when a loaded model is given).
+        extra_baselines: trained baselines as ``"care:PATH"`` specs (``cvdm evaluate
+            --baseline``): CARE nets from ``cvdm train-care``, scored as methods "care",
+            "care2", ... (:func:`cvdm_cli.evaluation.baselines.parse_trained_baselines`),
+            on ``device``; their scale must be the model's.
         device: where a model loaded from a path goes ("cpu", "cuda", ...).
         precision: the denoiser's autocast, "fp32", "bf16" or "fp16" (resolved already:
             :func:`cvdm_cli.core.devices.pick_precision`); schedule and updates stay float32.
@@ -691,12 +714,14 @@ def evaluate(
         fast_settings, sampler="reference", samples=reference_samples, passes=None
     )
     fast_plan = fast_settings.pass_plan
+    trained_specs = baselines.parse_trained_baselines(extra_baselines)  # before any file
     out = Path(out_dir) if out_dir is not None else None
     if out is not None:
         prepare_out(out, overwrite)
 
     model = _load_model(model_path_or_model, device)
     scale = int(model.config.scale)
+    trained = _load_trained(trained_specs, device, scale)
     pairs = find_pairs(lr_dir, hr_dir)
     params = load_params(Path(lr_dir).parent, Path(hr_dir).parent)
     psfs = _PSFs(params, scale, Path(psf) if psf is not None else None, psf_sigma_nm)
@@ -763,6 +788,7 @@ def evaluate(
             sha256=model_sha256,
         ),
         save_dir=save_dir,
+        trained=tuple((spec.name, net) for spec, net in trained),
     )
 
     # --- score every test image ----------------------------------------------------------
@@ -826,6 +852,7 @@ def evaluate(
         "device": str(model.device),
         "precision": precision,
         "input_percentiles": [model.config.norm_low, model.config.norm_high],
+        "baselines": [_trained_description(spec, net) for spec, net in trained],
         "target_percentiles": [metrics.TARGET_PMIN, metrics.TARGET_PMAX],
         "seconds_total": time.perf_counter() - t_start,
     }
@@ -845,6 +872,40 @@ def evaluate(
     if out is not None:
         write_reports(report, out)
     return report
+
+
+def _load_trained(
+    specs: Sequence[baselines.TrainedBaseline], device: str, scale: int
+) -> list[tuple[baselines.TrainedBaseline, CareNet]]:
+    """Each ``--baseline`` loaded (only CARE so far), refusing another scale than cvdm's."""
+    out = []
+    for spec in specs:
+        net = load_care(spec.path, device=device)
+        if net.config.scale != scale:
+            raise ConfigError(
+                f"the CARE network is {net.config.scale}x but the model is {scale}x",
+                path=spec.path,
+                hint="train the baseline on the same pairs as the model (cvdm train-care)",
+            )
+        out.append((spec, net))
+    return out
+
+
+def _trained_description(spec: baselines.TrainedBaseline, net: CareNet) -> dict[str, Any]:
+    """What the report says about a trained baseline: file, network size, its training."""
+    training = net.info.get("training")
+    keep = ("steps", "batch_size", "patch_lr", "lr", "loss", "seconds")
+    return {
+        "name": spec.name,
+        "kind": spec.kind,
+        "source": str(spec.path),
+        "preset": net.config.name,
+        "parameters": net.n_parameters(),
+        "input_percentiles": [net.config.norm_low, net.config.norm_high],
+        "training": {k: training[k] for k in keep if k in training}
+        if isinstance(training, dict)
+        else {},
+    }
 
 
 def _model_name(spec: Any) -> str:

@@ -80,7 +80,8 @@ class EvaluationReport:
 
     rows: one dict per (image, method) with the keys of :data:`CSV_COLUMNS` (NaN where a
     metric does not apply, e.g. uncertainty for the baselines). summary: method -> {"n",
-    "mean": {metric: value}, "median": {...}}. wins: cvdm method -> baseline -> {"n",
+    "mean": {metric: value}, "median": {...}}. wins: cvdm method -> baseline (bicubic, rl
+    and the trained ones: care, care2, ... described in ``settings["baselines"]``) -> {"n",
     "psnr_win_fraction", "ssim_win_fraction", "mean_psnr_gain", "mean_ssim_gain", "psnr_lost",
     "ssim_lost"} over the images both were run on (the lost lists name the images where cvdm
     is not better). fast_vs_reference: mean PSNR/SSIM of fast minus reference on
@@ -187,6 +188,8 @@ class EvaluationReport:
                 f"; PSF: {self.settings.get('psf_source', '?')}.",
             ]
         st = self.settings
+        for b in st.get("baselines") or []:  # trained baselines (cvdm evaluate --baseline)
+            lines += ["", _trained_line(b)]
         reference = (
             f"; reference: {st.get('reference_samples')} samples x "
             f"{st.get('reference_steps')} steps"
@@ -243,6 +246,25 @@ class EvaluationReport:
             "each sample in turn as the truth).",
         ]
         return "\n".join(lines) + "\n"
+
+
+def _trained_line(b: dict[str, Any]) -> str:
+    """One sentence on a trained baseline of the tables (its file, size and training)."""
+    t = b.get("training") or {}
+    trained = (
+        f"; trained {t['steps']} steps, batch {t.get('batch_size', '?')}, LR patch "
+        f"{t.get('patch_lr', '?')}, {str(t.get('loss', '?')).upper()} loss"
+        if "steps" in t
+        else ""
+    )
+    pct = b.get("input_percentiles") or []
+    norm = f"percentiles {pct[0]:g} / {pct[1]:g}" if len(pct) == 2 else "percentiles"
+    kind = "CARE U-Net" if b.get("kind") == "care" else str(b.get("kind"))
+    return (
+        f"{b.get('name')}: {kind} '{b.get('preset')}' ({b.get('parameters')} parameters"
+        f"{trained}) from {b.get('source')}; input: the LR normalised to its {norm} and "
+        "upsampled bicubically (cvdm's condition), output mapped back with the LR's map."
+    )
 
 
 def _csv_value(value: Any) -> Any:

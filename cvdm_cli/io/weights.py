@@ -8,6 +8,11 @@ and, in its string metadata:
     "cvdm.scale"    the super-resolution factor
     "cvdm.info"     free-form JSON from ``save_weights(..., **info)`` (training data, steps,
                     validation metrics, ...); loaded back into ``model.info``
+A CARE baseline file (:func:`save_care` / :func:`load_care`) has the same format, norm,
+scale and info keys, plus
+    "cvdm.kind"     "care" (CVDM files have no kind, or "cvdm")
+    "cvdm.care"     CareConfig as JSON
+and no "cvdm.config"; each loader refuses the other kind of file with one clear error.
 Training checkpoints (:mod:`cvdm_cli.training.trainer`) go through the same generic
 :func:`write_tensors` / :func:`read_tensors`.
 
@@ -27,13 +32,19 @@ from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
-from cvdm_cli.errors import InputNotFoundError, InvalidWeightsError, UnsafeWeightsFormatError
+from cvdm_cli.errors import (
+    ConfigError,
+    InputNotFoundError,
+    InvalidWeightsError,
+    UnsafeWeightsFormatError,
+)
 from cvdm_cli.io.atomic import atomic_path
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
     from torch import Tensor
 
+    from cvdm_cli.core.care import CareNet
     from cvdm_cli.core.model import CVDM
 
 FORMAT_VERSION = "1"
@@ -42,6 +53,8 @@ WEIGHTS_SUFFIX = ".safetensors"
 PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".h5", ".hdf5", ".pkl", ".pickle", ".bin", ".keras")
 
 READ_HINT = "re-download or re-export the weights"
+KIND_KEY = "cvdm.kind"
+CVDM_KIND, CARE_KIND = "cvdm", "care"  # CARE_KIND is cvdm_cli.core.care.CARE_KIND
 
 
 # --- the format rule ------------------------------------------------------------------
@@ -192,6 +205,19 @@ def load_weights(path: str | os.PathLike[str], device: str | torch.device = "cpu
 
     p = check_weights_path(path)
     meta = read_metadata(p)
+    kind = file_kind(meta)
+    if kind == CARE_KIND:
+        raise InvalidWeightsError(
+            "holds a CARE baseline network, not a CVDM model",
+            path=p,
+            hint=f"use it as `cvdm evaluate --baseline care:{p}`; pass a CVDM model here",
+        )
+    if kind != CVDM_KIND:
+        raise InvalidWeightsError(
+            f"holds a network of unknown kind {kind!r}, not a CVDM model",
+            path=p,
+            hint="pass weights written by cvdm train / cvdm_cli.save_weights",
+        )
     if "cvdm.config" not in meta:
         raise InvalidWeightsError(
             "the file has no cvdm model config in its metadata",
@@ -215,3 +241,68 @@ def load_weights(path: str | os.PathLike[str], device: str | torch.device = "cpu
         )
     model.info = info
     return model.to(device).eval()
+
+
+def file_kind(meta: Mapping[str, str]) -> str:
+    """What a weights file holds, from its metadata: "cvdm" (no kind key) or "care"."""
+    return meta.get(KIND_KEY, CVDM_KIND)
+
+
+# --- CARE baseline weights ------------------------------------------------------------------
+
+
+def save_care(net: CareNet, path: str | os.PathLike[str], **info: Any) -> Path:
+    """Write a CARE net to ``path`` (.safetensors) atomically: its state dict (float32),
+    ``cvdm.kind`` = "care", its config, normalisation percentiles, scale and ``info``."""
+    import torch
+
+    p = check_weights_path(path)
+    cfg = net.config
+    state = {
+        k: v.detach().to("cpu", torch.float32).contiguous() for k, v in net.state_dict().items()
+    }
+    meta = {
+        "cvdm.format": FORMAT_VERSION,
+        KIND_KEY: CARE_KIND,
+        "cvdm.care": cfg.to_json(),
+        "cvdm.norm": json.dumps({"kind": "percentile", "low": cfg.norm_low, "high": cfg.norm_high}),
+        "cvdm.scale": str(cfg.scale),
+        "cvdm.info": json.dumps({**net.info, **info}, sort_keys=True, default=str),
+    }
+    return write_tensors(p, state, meta)
+
+
+def load_care(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> CareNet:
+    """Rebuild a CARE net from a file written by :func:`save_care` (in eval mode on
+    ``device``; ``net.info`` gets the free-form info). Refuses CVDM files and others."""
+    from cvdm_cli.core.care import CareConfig, CareNet
+
+    p = check_weights_path(path)
+    meta = read_metadata(p)
+    kind = file_kind(meta)
+    if kind != CARE_KIND:
+        what = "a CVDM model" if kind == CVDM_KIND else f"a network of kind {kind!r}"
+        raise InvalidWeightsError(
+            f"holds {what}, not a CARE baseline network",
+            path=p,
+            hint="train a CARE baseline with `cvdm train-care`; a CVDM model goes to --model",
+        )
+    try:
+        config = CareConfig.from_json(meta["cvdm.care"])
+        info = json.loads(meta.get("cvdm.info", "{}"))
+        _, state = read_tensors(p)
+    except (KeyError, ValueError, TypeError, ConfigError) as exc:
+        raise InvalidWeightsError(
+            f"corrupt CARE weights file ({exc!r})", path=p, hint="re-train or re-export it"
+        ) from None
+    net = CareNet(config)
+    missing, unexpected = net.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise InvalidWeightsError(
+            f"weights do not match the CARE config (missing {len(missing)}, "
+            f"unexpected {len(unexpected)} tensors)",
+            path=p,
+            hint="the file was written by an incompatible cvdm version",
+        )
+    net.info = info
+    return net.to(device).eval()
