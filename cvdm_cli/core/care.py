@@ -21,8 +21,6 @@ raw (Y, X) plane in input units end to end (normalise, upsample, predict, map ba
 
 from __future__ import annotations
 
-import dataclasses
-import json
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -31,8 +29,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from cvdm_cli.core.config import JsonConfig
 from cvdm_cli.core.normalize import denormalize, percentile_normalize
-from cvdm_cli.errors import ConfigError, UnknownPresetError
+from cvdm_cli.errors import ConfigError
 
 __all__ = ["CARE_KIND", "CareConfig", "CareNet", "care_enhance_plane", "upsample"]
 
@@ -40,7 +39,7 @@ CARE_KIND = "care"  # the ``kind`` a CARE weights file declares (cvdm_cli.io.wei
 
 
 @dataclass(frozen=True)
-class CareConfig:
+class CareConfig(JsonConfig):
     """Everything needed to build a :class:`CareNet`.
 
     channels: width of level 0 (CSBDeep ``unet_n_first``, 32); level i has
@@ -84,38 +83,11 @@ class CareConfig:
         """Output-grid H and W of :meth:`CareNet.forward` must be multiples of this."""
         return 2**self.depth
 
-    @classmethod
-    def preset(cls, name: str, **overrides: Any) -> CareConfig:
-        """A named preset ("tiny" for tests, "small" ~0.5 M parameters), optionally changed."""
-        try:
-            base = _PRESETS[name]
-        except KeyError:
-            raise UnknownPresetError(
-                f"unknown CARE preset {name!r}", hint=f"choose one of: {', '.join(_PRESETS)}"
-            ) from None
-        return dataclasses.replace(base, **overrides) if overrides else base
+    _what = "CARE"
 
     @classmethod
-    def preset_names(cls) -> tuple[str, ...]:
-        return tuple(_PRESETS)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), sort_keys=True)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> CareConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ConfigError(f"unknown CARE config fields: {sorted(unknown)}")
-        return cls(**data)
-
-    @classmethod
-    def from_json(cls, text: str) -> CareConfig:
-        return cls.from_dict(json.loads(text))
+    def _presets(cls) -> dict[str, CareConfig]:
+        return _PRESETS
 
 
 _PRESETS: dict[str, CareConfig] = {

@@ -16,8 +16,51 @@ from typing import Any
 from cvdm_cli.errors import ConfigError, UnknownPresetError
 
 
+class JsonConfig:
+    """(De)serialisation and presets shared by the frozen config dataclasses (ModelConfig,
+    :class:`cvdm_cli.core.care.CareConfig`): JSON for safetensors metadata, lists back to
+    tuples, unknown fields refused. A subclass sets ``_what`` (for messages) and returns
+    its preset table from ``_presets()``."""
+
+    _what = "config"
+
+    @classmethod
+    def _presets(cls) -> dict[str, Any]:
+        raise NotImplementedError
+
+    @classmethod
+    def preset(cls, name: str, **overrides: Any) -> Any:
+        """A named preset, optionally changed (UnknownPresetError naming the choices)."""
+        presets = cls._presets()
+        try:
+            base = presets[name]
+        except KeyError:
+            raise UnknownPresetError(
+                f"unknown {cls._what} preset {name!r}", hint=f"choose one of: {', '.join(presets)}"
+            ) from None
+        return dataclasses.replace(base, **overrides) if overrides else base
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)  # type: ignore[call-overload]
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Any:
+        known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        unknown = set(data) - known
+        if unknown:
+            raise ConfigError(f"unknown {cls._what} config fields: {sorted(unknown)}")
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+
+    @classmethod
+    def from_json(cls, text: str) -> Any:
+        return cls.from_dict(json.loads(text))
+
+
 @dataclass(frozen=True)
-class ModelConfig:
+class ModelConfig(JsonConfig):
     """Everything needed to build a :class:`cvdm_cli.core.model.CVDM`.
 
     Denoiser (SR3-style U-Net predicting eps from concat(z_t, x), conditioned on the
@@ -88,40 +131,11 @@ class ModelConfig:
         """Output-grid sizes must be multiples of this (one halving per level below 0)."""
         return 2 ** (len(self.channel_mults) - 1)
 
-    # --- presets ---------------------------------------------------------------------
+    _what = "model"
 
     @classmethod
-    def preset(cls, name: str, **overrides: Any) -> ModelConfig:
-        """A named preset (tiny, small, medium, base, paper), optionally changed."""
-        try:
-            base = _PRESETS[name]
-        except KeyError:
-            valid = ", ".join(_PRESETS)
-            raise UnknownPresetError(
-                f"unknown model preset {name!r}", hint=f"choose one of: {valid}"
-            ) from None
-        return dataclasses.replace(base, **overrides) if overrides else base
-
-    # --- (de)serialisation for safetensors metadata ---------------------------------
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), sort_keys=True)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ConfigError(f"unknown model config fields: {sorted(unknown)}")
-        kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
-        return cls(**kwargs)
-
-    @classmethod
-    def from_json(cls, text: str) -> ModelConfig:
-        return cls.from_dict(json.loads(text))
+    def _presets(cls) -> dict[str, ModelConfig]:
+        return _PRESETS
 
 
 _SMALL = ModelConfig(
