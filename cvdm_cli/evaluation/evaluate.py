@@ -72,8 +72,8 @@ from cvdm_cli.evaluation.report import CSV_COLUMNS, EvaluationReport, prepare_ou
 from cvdm_cli.io.pairs import PARAMS_FILE, ImagePair, find_pairs, read_plane
 from cvdm_cli.io.tiff import open_tiff
 from cvdm_cli.io.weights import load_care, load_weights
-from cvdm_cli.run.inputs import FileJob, prepare_output_dir
-from cvdm_cli.run.outputs import FileOutputs
+from cvdm_cli.run.inputs import FileJob
+from cvdm_cli.run.outputs import FileOutputs, prepare_output_dir
 from cvdm_cli.run.plane import PlaneOutput, enhance_plane
 from cvdm_cli.run.settings import DEFAULT_ENHANCE, EnhanceSettings, ModelRef
 from cvdm_cli.sampling.schedules import FAST_GRID_POWER, count_steps

@@ -10,7 +10,6 @@ from pathlib import Path
 
 from cvdm_cli import errors
 from cvdm_cli.run.outputs import OUTPUT_SUFFIXES
-from cvdm_cli.run.outputs import prepare_output_dir as prepare_output_dir  # moved; re-exported
 from cvdm_cli.run.settings import EnhanceSettings
 
 DEFAULT_GLOBS = ("*.tif", "*.tiff")

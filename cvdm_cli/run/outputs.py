@@ -24,8 +24,6 @@ from cvdm_cli import errors
 from cvdm_cli._version import __version__
 from cvdm_cli.io.tiff import OutputTiff, TiffInput, output_spec, with_samples_axis
 from cvdm_cli.run.settings import EnhanceSettings, ModelRef
-from cvdm_cli.sampling.passes import resolve_passes
-from cvdm_cli.sampling.schedules import resolve_eta
 
 if TYPE_CHECKING:  # pragma: no cover
     # inputs.py imports this module (for the suffixes): at run time a FileJob is only used
@@ -120,23 +118,7 @@ def provenance(kind: str, input_name: str, settings: EnhanceSettings, model_ref:
         "output": OUTPUT_KINDS[kind].holds,
         "input": input_name,
         "model": {"name": model_ref.name or Path(model_ref.path).stem, "sha256": model_ref.sha256},
-        "sampler": {
-            "name": settings.sampler,
-            "samples": settings.samples,
-            "steps": settings.steps,
-            # the steps of each pass, as --passes takes them
-            "passes": ",".join(
-                str(n) for n in resolve_passes(settings.sampler, settings.steps, settings.passes)
-            ),
-            "eta": resolve_eta(settings.sampler, settings.eta),
-            "tta": settings.tta,
-            "antithetic": settings.antithetic,
-            "seed": settings.seed,
-            "precision": settings.precision,
-            "tile": settings.tile,
-            "overlap": settings.overlap,
-            "tiling": settings.tiling,
-        },
+        "sampler": settings.sampler_record(),  # every setting; passes as --passes takes them
     }
     if kind in ("var", "std"):
         record["variance_smoothing_px"] = settings.variance_smoothing

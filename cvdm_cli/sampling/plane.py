@@ -282,18 +282,11 @@ def _sample_sync(
 
     Sample ks[i] is drawn from the view in slot slots[i] of ``tiles``."""
     s = draw.settings
-    sampler, batch, precision, eta, clip = (
-        s.sampler,
-        draw.batch,
-        s.precision,
-        s.eta_value,
-        draw.clip,
-    )
     device = model.device
     plan = tiles.plan
     lam_plane = _per_sample(tiles, tiles.lam, slots)  # (K or 1, 1, Hp, Wp)
     x_plane = _per_sample(tiles, tiles.x, slots)
-    schedules = make_schedules(model, lam_plane, sampler, s.pass_plan)
+    schedules = make_schedules(model, lam_plane, s.sampler, s.pass_plan)
     noise = draw.noise([(-1 & 0xFFFFFFFF, k) for k in ks])
     items = list(range(len(ks)))
     shape = (1, *plan.padded_out_shape)
@@ -303,8 +296,8 @@ def _sample_sync(
     def eps_fn(z: Tensor, gamma: Tensor) -> Tensor:
         # Cut every (sample, tile), denoise in batches, blend back into one plane eps.
         acc = torch.zeros_like(z)
-        for start in range(0, len(pairs), batch):
-            chunk = pairs[start : start + batch]
+        for start in range(0, len(pairs), draw.batch):
+            chunk = pairs[start : start + draw.batch]
             cuts = [plan.tiles[t].out_slices for _, t in chunk]
             z_b = torch.stack(
                 [z[k, :, sy, sx] for (k, _), (sy, sx) in zip(chunk, cuts, strict=True)]
@@ -314,7 +307,7 @@ def _sample_sync(
                  for (k, _), (sy, sx) in zip(chunk, cuts, strict=True)]
             )  # fmt: skip
             rows = torch.tensor([slots[k] * n_tiles + t for k, t in chunk], device=device)
-            with autocast_context(device, precision):
+            with autocast_context(device, s.precision):
                 eps_b = model.eps(z_b, tiles.x[rows], g_b).float()
             for row, (k, t) in enumerate(chunk):
                 sy, sx = cuts[row]
@@ -324,7 +317,12 @@ def _sample_sync(
 
     z = noise.draw(items, shape, device)
     r = run_passes(
-        eps_fn, schedules, z, eta=eta, noise=lambda: noise.draw(items, shape, device), clip=clip
+        eps_fn,
+        schedules,
+        z,
+        eta=s.eta_value,
+        noise=lambda: noise.draw(items, shape, device),
+        clip=draw.clip,
     )
     return (x_plane + r)[:, 0]
 
@@ -341,29 +339,29 @@ def _sample_independent(
 
     Sample ks[i] is drawn from the view in slot slots[i] of ``tiles``."""
     s = draw.settings
-    sampler, seed, plane_index = s.sampler, s.seed, draw.plane_index
-    batch, precision, eta, clip = draw.batch, s.precision, s.eta_value, draw.clip
     device = model.device
     plan = tiles.plan
     items = [(k, t) for k in range(len(ks)) for t in range(tiles.n_tiles)]
-    noise = draw.noise([(tile_seed(seed, plane_index, plan.tiles[t]), ks[k]) for k, t in items])
+    noise = draw.noise(
+        [(tile_seed(s.seed, draw.plane_index, plan.tiles[t]), ks[k]) for k, t in items]
+    )
     acc = torch.zeros((len(ks), *plan.padded_out_shape), device=device)
     shape = (1, *plan.tile_shape)
-    for start in range(0, len(items), batch):
-        chunk = list(range(start, min(start + batch, len(items))))
+    for start in range(0, len(items), draw.batch):
+        chunk = list(range(start, min(start + draw.batch, len(items))))
         rows = torch.tensor(
             [slots[items[j][0]] * tiles.n_tiles + items[j][1] for j in chunk], device=device
         )
         x_b, lam_b = tiles.x[rows], tiles.lam[rows]
-        schedules = make_schedules(model, lam_b, sampler, s.pass_plan)
+        schedules = make_schedules(model, lam_b, s.sampler, s.pass_plan)
         z = noise.draw(chunk, shape, device)
         r = run_passes(
-            make_eps_fn(model, x_b, precision),
+            make_eps_fn(model, x_b, s.precision),
             schedules,
             z,
-            eta=eta,
+            eta=s.eta_value,
             noise=lambda c=chunk: noise.draw(c, shape, device),
-            clip=clip,
+            clip=draw.clip,
             on_step=lambda n=len(chunk): progress.add(n),
         )
         y = x_b + r

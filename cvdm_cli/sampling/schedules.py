@@ -19,19 +19,13 @@ from torch import Tensor
 from cvdm_cli.core.diffusion import gamma_map
 from cvdm_cli.core.model import CVDM
 from cvdm_cli.errors import ConfigError
-from cvdm_cli.sampling.settings import SAMPLERS, SamplerSettings
+from cvdm_cli.sampling.settings import SAMPLERS
 
 # Fast grid t_i = t_max (1 - i/n)^power; 1 is uniform in t. A power of 2 (the middle step
 # of a 2-step pass at t_max / 4) looked better on validation pairs and was worse on 64
 # held-out ones (research/log.md, "Time grid"), so the grid stays uniform. Read once, at
 # import: a study that wants another grid passes ``power=`` to FastSchedule.
 FAST_GRID_POWER = 1.0
-
-
-def resolve_eta(sampler: str, eta: float | None) -> float:
-    """The eta a sampler runs with (:attr:`SamplerSettings.eta_value`, for callers that hold
-    no settings object)."""
-    return SamplerSettings(sampler=sampler, eta=eta, tile=None).eta_value
 
 
 # --- step schedules -------------------------------------------------------------------

@@ -40,7 +40,8 @@ from cvdm_cli.sampling import views
 from cvdm_cli.sampling.api import pad_to_multiple
 from cvdm_cli.sampling.noise import NoiseSource, noise_mate, sample_view
 from cvdm_cli.sampling.passes import resolve_passes
-from cvdm_cli.sampling.schedules import FAST_GRID_POWER, FastSchedule, resolve_eta
+from cvdm_cli.sampling.schedules import FAST_GRID_POWER, FastSchedule
+from cvdm_cli.sampling.settings import DEFAULT_SAMPLING
 from cvdm_cli.sampling.steps import make_eps_fn, run_passes
 
 KEYS = ("psnr", "ssim", "spearman", "coverage50", "coverage90")
@@ -82,7 +83,7 @@ def draw_samples(
     mates = [noise_mate(k, antithetic) for k in range(samples)]
     noise = noise_factory([seeds[m] for m, _ in mates], [sign for _, sign in mates])
     plan = resolve_passes("fast", steps, passes)
-    eta = resolve_eta("fast", None)
+    eta = DEFAULT_SAMPLING.eta_value  # the fast sampler's default
     view_of = [sample_view(k, tta, antithetic) for k in range(samples)]
     xs, lams = {}, {}
     for v in sorted(set(view_of)):  # condition and lambda(x) once per view
