@@ -11,8 +11,16 @@ import typer
 from cvdm_cli.cli.common import run_guarded, stderr
 
 STRUCTURE_HELP = (
-    "Ground truth: filaments, vesicles, reticulum, lines (straight, sparse to dense meshes) "
-    "or mixed."
+    "Ground truth: filaments, vesicles, reticulum, lines (straight, sparse to dense meshes), "
+    "mixed (the first three), broad (all four) or kinds joined by '+' (e.g. vesicles+lines)."
+)
+RECIPE_HELP = (
+    "Parameter draws: v2 (those of cvdm-small-v2's data) or broad (wider signal and "
+    "background, thick-sample haze, camera offsets, fixed-pattern noise, hot pixels)."
+)
+HR_TARGET_HELP = (
+    "HR target: sim (SIM image, widefield PSF scaled by 1/2 in 3D) or gaussian "
+    "(all-in-focus slab projection, Gaussian of FWHM 0.5 x 0.51 lambda/NA)."
 )
 
 
@@ -25,6 +33,8 @@ def simulate(
     simple: bool = typer.Option(
         False, "--simple", help="Toy simulator (2D Gaussian PSF, Poisson noise) for comparison."
     ),
+    recipe: str = typer.Option("v2", "--recipe", help=RECIPE_HELP),
+    hr_target: str = typer.Option("sim", "--hr-target", help=HR_TARGET_HELP),
     na: float | None = typer.Option(None, "--na", help="Fix the numerical aperture."),
     ni: float | None = typer.Option(None, "--ni", help="Fix the immersion refractive index."),
     ns: float | None = typer.Option(None, "--ns", help="Fix the specimen refractive index."),
@@ -44,7 +54,7 @@ def simulate(
     photons_range: str | None = typer.Option(
         None,
         "--photons-range",
-        help="LOW:HIGH bounds of the drawn photons (log-uniform; default 20:2000).",
+        help="LOW:HIGH bounds of the drawn photons (log-uniform; default 20:2000, broad 10:5000).",
     ),
     background: float | None = typer.Option(
         None, "--background", help="Fix the background (photons per pixel)."
@@ -77,6 +87,10 @@ def simulate(
             "gain": gain,
             "offset_adu": offset,
         }
+        if hr_target != "sim":
+            fixed["hr_target"] = hr_target
+        if recipe != "v2":
+            fixed["recipe"] = recipe
         if photons_range is not None:
             fixed["photons_range"] = parse_photons_range(photons_range)
         check_dataset_options(
@@ -88,6 +102,8 @@ def simulate(
         for key, value in fixed.items():
             if key == "photons_range":
                 args += ["--photons-range", f"{value[0]:g}:{value[1]:g}"]
+            elif isinstance(value, str):
+                args += [f"--{key.replace('_', '-')}", value]
             elif value is not None:
                 args += [f"--{names.get(key, key.replace('_', '-'))}", f"{value:g}"]
         command = shlex.join(args)

@@ -28,6 +28,18 @@ Image formation of one pair (lengths in nm unless stated):
    in-focus widefield PSF, at the nominal focus (no defocus), integrated over 2x2 fine
    pixels (HR pixel = ``lr_pixel_nm / 2``), scaled so the 99.9th percentile is
    ``hr_photons`` (10^4: ~1 % shot noise), Poisson noise, no read noise, float32.
+   ``hr_target="gaussian"`` instead defines the target as an all-in-focus image at twice
+   the widefield resolution: the slab's projection over z (every plane sharp, no axial
+   blur) convolved with a 2D Gaussian whose FWHM is half the diffraction-limited widefield
+   FWHM, ``0.5 * 0.51 lambda / NA`` (``HR_GAUSSIAN_FWHM_PER_LAMBDA_NA``); pixel integration,
+   scaling and noise as above.
+5. Thick-sample haze and camera defects (``--recipe broad`` draws them; zero otherwise):
+   ``haze`` photons per pixel on average of out-of-focus light from structures outside the
+   slab (a smooth field of 3-30 Gaussian blobs of ``haze_sigma_nm``, LR only: the target is
+   the slab); per-pixel offset (``offset_fpn_adu`` rms) and gain (``gain_fpn``, relative
+   rms) fixed-pattern noise; a fraction ``hot_pixel_fraction`` of hot pixels with
+   ``hot_pixel_e`` mean dark electrons (Poisson). Their random maps come from a third
+   stream of the pair's seed, so datasets without them are unchanged.
 
 microsim is used for the PSF only: its full ``Simulation`` pipeline (``Settings(cache=False)``,
 explicit ``exposure_ms`` and ``CameraCMOS``) renders the same physics as a whole 3D stack
@@ -72,6 +84,9 @@ PSF_WINDOW = 257  # fine pixels per side of the computed PSF (odd; 3.5-7 µm)
 PERCENTILE = 99.9  # "brightest structure" = this percentile of the noise-free image
 BIOSR_PIXEL_NM = 62.6  # best knowledge: BioSR widefield pixel (SIM GT at 31.3 nm)
 SIMPLE_SIGMA_PER_LAMBDA_NA = 0.21  # Gaussian approximation of the Airy disc
+HR_TARGETS = ("sim", "gaussian")  # HR target definitions (module docstring, item 4)
+HR_GAUSSIAN_FWHM_PER_LAMBDA_NA = 0.5 * 0.51  # half the widefield FWHM 0.51 lambda / NA
+RECIPES = ("v2", "broad")  # parameter draws: v2's (the default) or the broadened one
 
 EXTRA_HINT = 'install the simulation extra: pip install "cvdm-cli[simulate]"'
 _CLI_NAMES = {"lr_pixel_nm": "--pixel-nm", "read_noise_e": "--read-noise", "offset_adu": "--offset"}
@@ -109,14 +124,22 @@ class SimulationParams:
     gain: float = 2.0
     offset_adu: float = 100.0
     hr_photons: float = 10000.0
+    hr_target: str = "sim"
+    haze: float = 0.0
+    haze_sigma_nm: float = 1500.0
+    offset_fpn_adu: float = 0.0
+    gain_fpn: float = 0.0
+    hot_pixel_fraction: float = 0.0
+    hot_pixel_e: float = 0.0
 
     def __post_init__(self) -> None:
         checks = (
             (
                 "structure",
-                self.structure in structures.STRUCTURES,
-                ", ".join(structures.STRUCTURES),
+                _is_structure(self.structure),
+                ", ".join(structures.STRUCTURES) + " or kinds joined by '+'",
             ),
+            ("hr_target", self.hr_target in HR_TARGETS, " or ".join(HR_TARGETS)),
             ("size", self.size >= 16 and self.size % 2 == 0, "an even number >= 16"),
             ("ni", 1.0 <= self.ni <= 2.0, "1.0-2.0"),
             ("ns", 1.0 <= self.ns <= 2.0, "1.0-2.0"),
@@ -131,6 +154,12 @@ class SimulationParams:
             ("gain", 0.01 <= self.gain <= 100.0, "0.01-100"),
             ("offset_adu", 0.0 <= self.offset_adu <= 10000.0, "0-10000"),
             ("hr_photons", 0.0 < self.hr_photons <= 1e7, "> 0 and <= 1e7"),
+            ("haze", 0.0 <= self.haze <= 30000.0, "0-30000"),
+            ("haze_sigma_nm", 100.0 <= self.haze_sigma_nm <= 20000.0, "100-20000"),
+            ("offset_fpn_adu", 0.0 <= self.offset_fpn_adu <= 1000.0, "0-1000"),
+            ("gain_fpn", 0.0 <= self.gain_fpn <= 0.5, "0-0.5"),
+            ("hot_pixel_fraction", 0.0 <= self.hot_pixel_fraction <= 0.1, "0-0.1"),
+            ("hot_pixel_e", 0.0 <= self.hot_pixel_e <= 60000.0, "0-60000"),
         )
         for name, ok, allowed in checks:
             if not ok:
@@ -168,6 +197,15 @@ class SimulationParams:
 
 
 FIELDS = tuple(f.name for f in dataclasses.fields(SimulationParams))
+_TEXT_FIELDS = ("structure", "hr_target")
+
+
+def _is_structure(name: str) -> bool:
+    try:
+        structures.parse_structure(name)
+    except ConfigError:
+        return False
+    return True
 
 
 # --- parameter draws (domain randomisation) ------------------------------------------
@@ -178,6 +216,7 @@ def _loguniform(rng: np.random.Generator, low: float, high: float) -> float:
 
 
 PHOTONS_RANGE = (20.0, 2000.0)  # the default log-uniform range of the drawn signal
+BROAD_PHOTONS_RANGE = (10.0, 5000.0)  # the broad recipe's default range
 
 
 def check_photons_range(photons_range: tuple[float, float]) -> tuple[float, float]:
@@ -194,7 +233,8 @@ def draw_params(
     structure: str = "mixed",
     *,
     size: int = 256,
-    photons_range: tuple[float, float] = PHOTONS_RANGE,
+    photons_range: tuple[float, float] | None = None,
+    recipe: str = "v2",
     **fixed: Any,
 ) -> SimulationParams:
     """Draw one pair's optics, camera and signal; ``fixed`` pins any field by name.
@@ -208,11 +248,24 @@ def draw_params(
     The draw order is fixed, so pinning a field does not change the others (the
     background stays a drawn fraction of the photons, and a drawn NA stays below a pinned
     immersion index).
+
+    ``recipe="broad"`` draws the same fields in the same order (photons from 10-5000 by
+    default), then: background 1-100 % of the photons; thick-sample haze in half of the
+    pairs (mean 5-200 % of the photons, blobs of sigma 0.7-3 µm, both log-uniform); camera
+    offset 50-500 ADU, offset fixed-pattern noise 0-3 ADU rms, gain fixed-pattern noise
+    0-2 % rms; hot pixels in half of the pairs (fraction 1e-5 to 2e-3 with 20-2000 mean
+    dark electrons, log-uniform).
     """
     unknown = sorted(set(fixed) - set(FIELDS))
     if unknown:
         msg = f"unknown simulation parameter(s) {', '.join(unknown)}"
         raise ConfigError(msg, hint=f"use {', '.join(FIELDS)}")
+    if recipe not in RECIPES:
+        msg = f"unknown recipe {recipe!r}"
+        raise ConfigError(msg, path="--recipe", hint=f"use {' or '.join(RECIPES)}")
+    broad = recipe == "broad"
+    if photons_range is None:
+        photons_range = BROAD_PHOTONS_RANGE if broad else PHOTONS_RANGE
     biosr = rng.random() < 0.5
     if biosr:
         na = rng.uniform(1.3, 1.49)
@@ -241,13 +294,29 @@ def draw_params(
         "offset_adu": 100.0,
         "hr_photons": 10000.0,
     }
+    if broad:  # drawn after v2's fields, so those stay the same draws
+        drawn["background"] = _loguniform(rng, 0.01, 1.0)
+        hazy = rng.random() < 0.5
+        haze, haze_sigma = _loguniform(rng, 0.05, 2.0), _loguniform(rng, 700.0, 3000.0)
+        drawn["haze"] = haze if hazy else 0.0  # x photons, below
+        drawn["haze_sigma_nm"] = haze_sigma
+        drawn["offset_adu"] = rng.uniform(50.0, 500.0)
+        drawn["offset_fpn_adu"] = rng.uniform(0.0, 3.0)
+        drawn["gain_fpn"] = rng.uniform(0.0, 0.02)
+        hot = rng.random() < 0.5
+        hot_fraction, hot_e = _loguniform(rng, 1e-5, 2e-3), _loguniform(rng, 20.0, 2000.0)
+        drawn["hot_pixel_fraction"] = hot_fraction if hot else 0.0
+        drawn["hot_pixel_e"] = hot_e if hot else 0.0
     fixed = {k: v for k, v in fixed.items() if v is not None}
-    drawn["background"] *= _num("photons", fixed.get("photons", photons))
+    level = _num("photons", fixed.get("photons", photons))
+    drawn["background"] *= level
+    if "haze" in drawn:
+        drawn["haze"] *= level
     drawn.update(fixed)
     if "na" not in fixed:  # e.g. a fixed water immersion (ni 1.333): keep NA below ni
         drawn["na"] = min(drawn["na"], 0.98 * _num("ni", drawn["ni"]))
     return SimulationParams(
-        **{k: (v if k in ("structure",) else _num(k, v)) for k, v in drawn.items()}
+        **{k: (v if k in _TEXT_FIELDS else _num(k, v)) for k, v in drawn.items()}
     )
 
 
@@ -495,8 +564,13 @@ def hr_expected(
     _spectra: dict[int, np.ndarray] | None = None,
 ) -> np.ndarray:
     """Noise-free HR image (size x size, float64) scaled to ``hr_photons`` at the 99.9th
-    percentile."""
+    percentile (``params.hr_target``: the SIM image or the all-in-focus Gaussian one)."""
     _, margin = fine_grid(params)
+    inner = 2 * params.size
+    if params.hr_target == "gaussian":
+        img = _gaussian_projection(params, density, _spectra)
+        img = np.clip(img[margin : margin + inner, margin : margin + inner], 0.0, None)
+        return _scale_to(_bin(img, 2), params.hr_photons)
     psf = _hr_psf_stack(
         params.na_effective,
         params.ni,
@@ -506,9 +580,47 @@ def hr_expected(
         SLAB_Z_NM,
     )
     img = _convolve_planes(density, psf, _spectra)
-    inner = 2 * params.size
     img = np.clip(img[margin : margin + inner, margin : margin + inner], 0.0, None)
     return _scale_to(_bin(img, 2), params.hr_photons)
+
+
+def _gaussian_projection(
+    params: SimulationParams,
+    density: np.ndarray,
+    spectra: dict[int, np.ndarray] | None = None,
+) -> np.ndarray:
+    """sum_k density[k] (*) G_sigma on the fine grid, circular; FWHM of G =
+    ``HR_GAUSSIAN_FWHM_PER_LAMBDA_NA * emission / NA_eff`` (sigma = FWHM / 2.3548)."""
+    spectra = {} if spectra is None else spectra
+    nz, ny, nx = density.shape
+    total = np.zeros((ny, nx // 2 + 1), dtype=np.complex128)
+    for k in range(nz):
+        if not density[k].any():
+            continue
+        if k not in spectra:
+            spectra[k] = np.fft.rfft2(density[k])
+        total += spectra[k]
+    fwhm = HR_GAUSSIAN_FWHM_PER_LAMBDA_NA * params.emission_nm / params.na_effective
+    sigma = fwhm / (2.0 * math.sqrt(2.0 * math.log(2.0))) / params.fine_pixel_nm
+    fy = np.fft.fftfreq(ny)[:, None]
+    fx = np.fft.rfftfreq(nx)[None, :]
+    otf = np.exp(-2.0 * (np.pi * sigma) ** 2 * (fy**2 + fx**2))  # FT of a unit Gaussian
+    return np.fft.irfft2(total * otf, s=(ny, nx))
+
+
+def haze_photons(params: SimulationParams, rng: np.random.Generator) -> np.ndarray:
+    """Out-of-focus light of structures outside the slab: 3-30 Gaussian blobs (sigma
+    ``haze_sigma_nm`` x 0.5-2, random weights) over the LR field, mean ``haze`` photons per
+    pixel: (size/2, size/2) float64."""
+    n = params.lr_size
+    yy, xx = np.mgrid[0:n, 0:n].astype(np.float64)
+    field = np.zeros((n, n))
+    for _ in range(int(rng.integers(3, 31))):
+        cy, cx = rng.uniform(-0.25 * n, 1.25 * n, 2)
+        sigma = params.haze_sigma_nm * rng.uniform(0.5, 2.0) / params.lr_pixel_nm
+        field += rng.uniform(0.2, 1.0) * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * sigma**2))
+    mean = float(field.mean())
+    return field * (params.haze / mean) if mean > 0.0 else field
 
 
 def lr_expected_photons(
@@ -548,13 +660,39 @@ def lr_expected_photons(
     return _scale_to(_bin(img, 4), params.photons)
 
 
-def camera(params: SimulationParams, photons: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """sCMOS: Poisson(photons + background) + N(0, read) e-, x gain + offset, uint16."""
-    electrons = rng.poisson(photons + params.background).astype(np.float64)
+def has_defects(params: SimulationParams) -> bool:
+    """Whether the pair has haze or camera fixed-pattern defects (a third noise stream)."""
+    return any((params.haze, params.offset_fpn_adu, params.gain_fpn, params.hot_pixel_fraction))
+
+
+def camera(
+    params: SimulationParams,
+    photons: np.ndarray,
+    rng: np.random.Generator,
+    defects_rng: np.random.Generator | None = None,
+) -> np.ndarray:
+    """sCMOS: Poisson(photons + background [+ hot-pixel dark e-]) + N(0, read) e-,
+    x gain (x (1 + gain FPN)) + offset (+ offset FPN), uint16.
+
+    The defect maps (offset and gain FPN, hot pixels) are drawn from ``defects_rng``."""
+    mean_e = photons + params.background
+    gain: float | np.ndarray = params.gain
+    offset: float | np.ndarray = params.offset_adu
+    if defects_rng is not None:
+        shape = photons.shape
+        if params.offset_fpn_adu:
+            offset = offset + defects_rng.normal(0.0, params.offset_fpn_adu, shape)
+        if params.gain_fpn:
+            gain = gain * np.clip(1.0 + defects_rng.normal(0.0, params.gain_fpn, shape), 0.5, 1.5)
+        if params.hot_pixel_fraction and params.hot_pixel_e:
+            hot = defects_rng.random(shape) < params.hot_pixel_fraction
+            dark = params.hot_pixel_e * defects_rng.lognormal(0.0, 0.5, shape)
+            mean_e = mean_e + np.where(hot, dark, 0.0)
+    electrons = rng.poisson(mean_e).astype(np.float64)
     electrons += (
         rng.normal(0.0, params.read_noise_e, electrons.shape) if params.read_noise_e else 0.0
     )
-    adu = np.rint(electrons * params.gain + params.offset_adu)
+    adu = np.rint(electrons * gain + offset)
     return np.clip(adu, 0, 65535).astype(np.uint16)
 
 
@@ -574,17 +712,21 @@ def render_pair(
     spectra: dict[int, np.ndarray] = {}
     lr_ph = lr_expected_photons(params, density, simple=simple, _spectra=spectra)
     hr = hr_expected(params, density, _spectra=spectra)
+    if rng is None:
+        rng = np.random.default_rng(np.random.SeedSequence(params.seed, spawn_key=(1,)))
+    # a third stream (haze and defect maps): the first two are those of spawn(2)
+    r_lr, r_hr, r_defects = rng.spawn(3)
+    defects = has_defects(params) and not simple
+    if defects and params.haze:
+        lr_ph = lr_ph + haze_photons(params, r_defects)
     if not noise:
         if simple:
             return lr_ph, hr
         return params.gain * (lr_ph + params.background) + params.offset_adu, hr
-    if rng is None:
-        rng = np.random.default_rng(np.random.SeedSequence(params.seed, spawn_key=(1,)))
-    r_lr, r_hr = rng.spawn(2)
     if simple:
         lr = np.clip(r_lr.poisson(lr_ph), 0, 65535).astype(np.uint16)
     else:
-        lr = camera(params, lr_ph, r_lr)
+        lr = camera(params, lr_ph, r_lr, r_defects if defects else None)
     hr_noisy = r_hr.poisson(hr).astype(np.float32)
     return lr, hr_noisy
 
@@ -659,10 +801,7 @@ def check_dataset_options(
     """Raise ConfigError / OutputExistsError / MissingExtraError before any work is done."""
     if n < 1:
         raise ConfigError(f"--n must be at least 1, got {n}", path="--n")
-    if structure not in structures.STRUCTURES:
-        msg = f"unknown structure {structure!r}"
-        hint = f"use one of {', '.join(structures.STRUCTURES)}"
-        raise ConfigError(msg, path="--structure", hint=hint)
+    structures.parse_structure(structure)  # ConfigError naming --structure
     fixed = {k: v for k, v in fixed.items() if v is not None}
     draw_params(np.random.default_rng(pair_seed_sequence(seed, 0)), structure, size=size, **fixed)
     params_json = Path(outdir) / "params.json"
@@ -693,7 +832,8 @@ def simulate_dataset(
     ``outdir/hr/pair_00000.tif`` (float32, half the pixel size) and ``outdir/params.json``
     (``{"generator": {...}, "pairs": {stem: meta}}``). Returns the params.json content.
 
-    ``fixed`` pins simulation parameters (see :func:`draw_params`); ``progress(done, n)`` is
+    ``fixed`` pins simulation parameters and may name ``recipe`` and ``photons_range`` (see
+    :func:`draw_params`); ``progress(done, n)`` is
     called after every pair; ``workers > 1`` uses processes (same files either way).
     """
     fixed = {k: v for k, v in fixed.items() if v is not None}

@@ -22,7 +22,12 @@ Structures:
   ones to dense crossing meshes (actin stress fibres, aligned microtubule bundles), each
   tilted gently through the slab's depth and with its own brightness (1-4 bundled
   filaments). Not part of ``mixed``, so earlier ``mixed`` datasets stay reproducible;
-- ``mixed``: a random combination of filaments, vesicles and reticulum.
+- ``mixed``: a random combination of filaments, vesicles and reticulum;
+- ``broad``: a random combination of all four kinds (filaments, vesicles, reticulum,
+  lines);
+- ``KIND+KIND[+...]``: a random combination of the named kinds, e.g.
+  ``filaments+vesicles+lines`` (leave-one-structure-out training sets);
+  ``filaments+vesicles+reticulum`` draws exactly what ``mixed`` draws.
 """
 
 from __future__ import annotations
@@ -34,7 +39,9 @@ from scipy.spatial import Voronoi
 
 from cvdm_cli.errors import ConfigError
 
-STRUCTURES = ("filaments", "vesicles", "reticulum", "lines", "mixed")
+KINDS = ("filaments", "vesicles", "reticulum", "lines")  # the single generators
+MIXES = {"mixed": ("filaments", "vesicles", "reticulum"), "broad": KINDS}
+STRUCTURES = (*KINDS, *MIXES)
 
 
 @dataclass(frozen=True)
@@ -240,15 +247,35 @@ def reticulum(grid: Grid, rng: np.random.Generator, density: float = 1.0) -> np.
     return out
 
 
-def mixed(grid: Grid, rng: np.random.Generator) -> np.ndarray:
-    """A random mixture: each kind present with probability 0.6 (at least one)."""
-    kinds = [k for k in ("filaments", "vesicles", "reticulum") if rng.random() < 0.6]
-    if not kinds:
-        kinds = [str(rng.choice(["filaments", "vesicles", "reticulum"]))]
+def mix(grid: Grid, rng: np.random.Generator, kinds: tuple[str, ...]) -> np.ndarray:
+    """A random mixture of ``kinds``: each present with probability 0.6 (at least one),
+    each at a density of 0.3-0.8 of its own field's."""
+    present = [k for k in kinds if rng.random() < 0.6]
+    if not present:
+        present = [str(rng.choice(list(kinds)))]
     out = np.zeros(grid.shape)
-    for kind in kinds:
+    for kind in present:
         out += _GENERATORS[kind](grid, rng, density=rng.uniform(0.3, 0.8))
     return out
+
+
+def mixed(grid: Grid, rng: np.random.Generator) -> np.ndarray:
+    """A random mixture of filaments, vesicles and reticulum (see :func:`mix`)."""
+    return mix(grid, rng, MIXES["mixed"])
+
+
+def parse_structure(structure: str) -> tuple[str, ...]:
+    """The kinds a structure name draws: ``"lines"`` -> ("lines",), ``"mixed"`` -> its
+    three, ``"vesicles+lines"`` -> both; ConfigError naming ``--structure`` otherwise."""
+    if structure in MIXES:
+        return MIXES[structure]
+    kinds = tuple(structure.split("+"))
+    unknown = [k for k in kinds if k not in KINDS]
+    if not structure or unknown or len(set(kinds)) != len(kinds):
+        msg = f"unknown structure {structure!r}"
+        hint = f"use one of {', '.join(STRUCTURES)}, or kinds joined by '+' (e.g. vesicles+lines)"
+        raise ConfigError(msg, path="--structure", hint=hint)
+    return kinds
 
 
 _GENERATORS = {
@@ -260,12 +287,11 @@ _GENERATORS = {
 
 
 def generate(structure: str, grid: Grid, rng: np.random.Generator) -> np.ndarray:
-    """Draw one ground truth of the named kind: float32 array of ``grid.shape``."""
-    if structure == "mixed":
-        out = mixed(grid, rng)
-    elif structure in _GENERATORS:
-        out = _GENERATORS[structure](grid, rng)
+    """Draw one ground truth of the named kind or mixture (:func:`parse_structure`):
+    float32 array of ``grid.shape``."""
+    kinds = parse_structure(structure)
+    if len(kinds) == 1 and structure not in MIXES:
+        out = _GENERATORS[kinds[0]](grid, rng)
     else:
-        msg = f"unknown structure {structure!r}"
-        raise ConfigError(msg, path="--structure", hint=f"use one of {', '.join(STRUCTURES)}")
+        out = mix(grid, rng, kinds)
     return out.astype(np.float32)
