@@ -17,7 +17,10 @@ def heldout(
     generator: str = typer.Option(
         "g1",
         "--generator",
-        help="g1: microsim's MatsLines sample, Widefield modality and CMOS camera, end to end.",
+        help=(
+            "g1: microsim's MatsLines sample, Widefield modality and CMOS camera, end to end; "
+            "g3: g1's pairs under haze, uneven illumination or camera column offsets."
+        ),
     ),
     seed: int = typer.Option(0, "--seed", help="Set seed; pair i uses (seed, i)."),
     na: float = typer.Option(1.4, "--na", help="Numerical aperture."),

@@ -14,6 +14,23 @@ line density from (seed, i) and cycles through the given exposures, so one set s
 to bright. ``params.json`` marks the set ``"heldout": true``; training refuses such a
 folder (:func:`cvdm_cli.io.pairs.refuse_heldout`).
 
+``g3``: acquisition conditions our simulator does not draw, on top of G1: pair i is G1's
+pair i of the same seed (the same sample, optics and exposure) with one condition, cycled
+over the pairs (``G3_CONDITIONS``):
+
+- ``haze``: thick-sample haze: a second MatsLines sample out of focus, its projection
+  blurred by a geometric defocus disc of radius 1-2.5 µm, adding 0.5-3x the in-focus
+  signal's mean (the LR only; the target is the in-focus slab);
+- ``uneven``: uneven illumination: a Gaussian beam off the field's centre that falls to
+  30-70 % at the farthest corner multiplies the emission (the LR and the HR target);
+- ``camera``: sCMOS column offsets (5 ADU rms), a 1000 ADU offset and 0.05 % hot pixels
+  (200-5000 ADU).
+
+A defocused or aberrated input is not in G3 yet: microsim's ``Widefield`` images the truth
+grid only, whose z range is the slab itself, so its focus cannot leave the slab; focusing
+on a face of the slab was tried and is no defocus (MatsLines piles its lines up at one
+face, so that plane is the sharpest; research/log.md).
+
 microsim facts this relies on (0.0.12; checked when this was written, see
 research/log.md): ``ObjectiveLens(numerical_aperture=)`` is silently ignored, so the NA is
 passed as ``na=`` and checked; microsim's even-sized PSF shifts its image by +0.5 truth
@@ -41,8 +58,10 @@ from cvdm_cli.io.atomic import write_text_atomic
 from cvdm_cli.io.pairs import PARAMS_FILE
 from cvdm_cli.io.tiff import write_plane_tiff
 
-GENERATORS = ("g1",)
+GENERATORS = ("g1", "g3")
 G1_NAME = "g1-microsim-matslines-widefield-cmos"
+G3_NAME = "g3-g1-with-conditions"
+G3_CONDITIONS = ("haze", "uneven", "camera")
 
 EM_NM = 525.0  # emission (a narrow line: microsim's PSF wavelength is exactly this)
 EX_NM = 488
@@ -172,34 +191,102 @@ def _bin(a: np.ndarray, k: int) -> np.ndarray:
     return a.reshape(h // k, k, w // k, k).sum(axis=(1, 3))
 
 
-def g1_pair(seed: int, index: int, optics: G1Optics) -> tuple[np.ndarray, np.ndarray, dict]:
-    """Pair ``index`` of a G1 set of ``seed``: (LR (size, size) uint16 ADU, HR (2 size,
-    2 size) float32 blurred fluorophores per HR pixel, parameters). Deterministic."""
-    from microsim.psf import cached_psf
-
+def _g1_draw(seed: int, index: int, optics: G1Optics) -> tuple[float, float, float, int]:
+    """G1 pair ``index``'s (slab thickness nm, line density, exposure ms, microsim seed)."""
     rng = np.random.default_rng([int(seed), int(index), 0x61])
     thickness = float(rng.uniform(*THICKNESS_NM))
     density = float(rng.uniform(*DENSITY))
     exposure = float(optics.exposures_ms[index % len(optics.exposures_ms)])
-    sim_seed = int(rng.integers(0, 2**31 - 1))
+    return thickness, density, exposure, int(rng.integers(0, 2**31 - 1))
+
+
+def g1_pair(seed: int, index: int, optics: G1Optics) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Pair ``index`` of a G1 set of ``seed``: (LR (size, size) uint16 ADU, HR (2 size,
+    2 size) float32 blurred fluorophores per HR pixel, parameters). Deterministic."""
+    return _render(seed, index, optics, None)
+
+
+def g3_pair(seed: int, index: int, optics: G1Optics) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Pair ``index`` of a G3 set: G1's pair ``index`` of ``seed`` under condition
+    ``G3_CONDITIONS[index % 3]`` (module docstring); same shapes as :func:`g1_pair`."""
+    return _render(seed, index, optics, G3_CONDITIONS[index % len(G3_CONDITIONS)])
+
+
+def _disc_blur(img: np.ndarray, radius_px: float) -> np.ndarray:
+    """Convolution with a uniform disc (geometric defocus), circular, by FFT; keeps the sum."""
+    h, w = img.shape
+    yy = np.minimum(np.arange(h), h - np.arange(h))[:, None]
+    xx = np.minimum(np.arange(w), w - np.arange(w))[None, :]
+    disc = (yy**2 + xx**2 <= radius_px**2).astype(np.float64)
+    disc /= disc.sum()
+    return np.fft.irfft2(np.fft.rfft2(img) * np.fft.rfft2(disc), s=img.shape)
+
+
+def _beam(n: int, rng: np.random.Generator) -> tuple[np.ndarray, dict[str, float]]:
+    """(n, n) Gaussian illumination, 1 at its centre (off the field's centre by up to a
+    quarter field), falling to 30-70 % at the farthest field corner."""
+    cy, cx = (0.5 + rng.uniform(-0.25, 0.25, 2)) * n
+    corner = float(rng.uniform(0.3, 0.7))
+    far2 = max((y - cy) ** 2 + (x - cx) ** 2 for y in (0, n) for x in (0, n))
+    sigma2 = far2 / (-2.0 * np.log(corner))
+    yy, xx = np.mgrid[0:n, 0:n] + 0.5
+    profile = np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2.0 * sigma2))
+    return profile, {"beam_corner": corner, "beam_center_y": cy / n, "beam_center_x": cx / n}
+
+
+def _render(
+    seed: int, index: int, optics: G1Optics, condition: str | None
+) -> tuple[np.ndarray, np.ndarray, dict]:
+    """G1 pair ``index`` of ``seed``, under ``condition`` (None for G1 itself)."""
+    from microsim.psf import cached_psf
+
+    thickness, density, exposure, sim_seed = _g1_draw(seed, index, optics)
+    cond_rng = np.random.default_rng([int(seed), int(index), 0x63])
+    extra: dict[str, Any] = {}
     sim = _simulation(sim_seed, optics, thickness, density)
     truth = sim.ground_truth()  # (f, z, y, x) fluorophores per truth voxel
     optical = sim.optical_image()  # (c, z, y, x) photons/s
+    truth_nm = optics.lr_pixel_nm / OVERSAMPLE
+    n_truth = optics.size * OVERSAMPLE
     mid = NZ // 2  # the slab's mid-plane (z = 5.5) lies between planes 5 and 6
     focal = optical.isel(z=slice(mid - 1, mid + 1)).coarsen(z=2).mean()
+    profile = None
+    if condition == "uneven":
+        profile, beam = _beam(n_truth, cond_rng)
+        focal = focal * profile
+        extra.update(beam)
+    if condition == "haze":
+        haze_sim = _simulation(int(cond_rng.integers(0, 2**31 - 1)), optics, thickness, density)
+        layer = np.asarray(haze_sim.ground_truth().isel(f=0).sum("z").values, np.float64)
+        radius_nm = float(cond_rng.uniform(1000.0, 2500.0))
+        ratio = float(cond_rng.uniform(0.5, 3.0))
+        blurred = _disc_blur(layer, radius_nm / truth_nm)
+        level = float(np.asarray(focal.values).mean())
+        focal = focal + blurred * (ratio * level / max(float(blurred.mean()), 1e-12))
+        extra.update(haze_radius_nm=radius_nm, haze_to_signal=ratio)
     lr = np.asarray(sim.digital_image(focal, exposure_ms=exposure).isel(c=0, z=0).values)
+    offset = CAMERA_OFFSET
+    if condition == "camera":
+        lr = lr.astype(np.float64) + 900.0 + cond_rng.normal(0.0, 5.0, (1, lr.shape[1]))
+        hot = cond_rng.random(lr.shape) < 5e-4
+        lr += np.where(hot, np.exp(cond_rng.uniform(np.log(200), np.log(5000), lr.shape)), 0.0)
+        lr = np.clip(np.rint(lr), 0, 65535)
+        offset = CAMERA_OFFSET + 900
+        extra.update(column_offset_rms_adu=5.0, hot_pixels=int(hot.sum()))
     lr = lr.astype(np.uint16)
     cached_psf.cache_clear()  # one PSF per slab spacing; its cache holds 64 of ~13 MB
 
-    truth_nm = optics.lr_pixel_nm / OVERSAMPLE
     projection = np.asarray(truth.isel(f=0).sum("z").values, dtype=np.float64)
+    if profile is not None:
+        projection = projection * profile
     hr_fwhm = 0.5 * widefield_fwhm_nm(optics.na)
     sigma = hr_fwhm / (2 * np.sqrt(2 * np.log(2))) / truth_nm
     # +0.5 truth pixel: microsim's even-sized PSF shifts the widefield image by that much
     hr = _bin(_blur_shift(projection, sigma, 0.5), OVERSAMPLE // 2).astype(np.float32)
+    name = G1_NAME if condition is None else G3_NAME
     params = {
-        "generator": G1_NAME,
-        "simulator": G1_NAME,
+        "generator": name,
+        "simulator": name,
         "index": int(index),
         "na": optics.na,
         "emission_nm": EM_NM,
@@ -210,11 +297,17 @@ def g1_pair(seed: int, index: int, optics: G1Optics) -> tuple[np.ndarray, np.nda
         "matslines_density": density,
         "widefield_fwhm_nm": widefield_fwhm_nm(optics.na),
         "hr_fwhm_nm": hr_fwhm,
-        "camera_offset_adu": CAMERA_OFFSET,
+        "camera_offset_adu": offset,
         "lr_shape": list(lr.shape),
         "hr_shape": list(hr.shape),
     }
+    if condition is not None:
+        params["condition"] = condition
+        params.update(extra)
     return lr, hr, params
+
+
+_PAIRS = {"g1": (G1_NAME, g1_pair), "g3": (G3_NAME, g3_pair)}
 
 
 def write_heldout_set(
@@ -247,8 +340,9 @@ def write_heldout_set(
     (root / "hr").mkdir(exist_ok=True)
     pairs: dict[str, dict[str, Any]] = {}
     width = max(5, len(str(n - 1)))
+    name, make_pair = _PAIRS[generator]
     for i in range(n):
-        lr, hr, params = g1_pair(seed, i, optics)
+        lr, hr, params = make_pair(seed, i, optics)
         stem = f"pair_{i:0{width}d}"
         write_plane_tiff(root / "lr" / f"{stem}.tif", lr, pixel_nm=optics.lr_pixel_nm)
         write_plane_tiff(root / "hr" / f"{stem}.tif", hr, pixel_nm=optics.lr_pixel_nm / 2)
@@ -258,7 +352,7 @@ def write_heldout_set(
     record = {
         "heldout": True,
         "generator": {
-            "name": G1_NAME,
+            "name": name,
             "tool": f"cvdm {__version__}",
             "microsim": _microsim_version(),
             "seed": seed,
@@ -283,9 +377,12 @@ def _microsim_version() -> str | None:
 
 __all__ = [
     "G1_NAME",
+    "G3_CONDITIONS",
+    "G3_NAME",
     "GENERATORS",
     "G1Optics",
     "g1_pair",
+    "g3_pair",
     "widefield_fwhm_nm",
     "write_heldout_set",
 ]
