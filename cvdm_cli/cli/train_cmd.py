@@ -95,6 +95,14 @@ def train(
     stop_after: int | None = typer.Option(
         None, "--stop-after", help="Stop (with a checkpoint) after this many steps of this run."
     ),
+    terminal_weight: float = typer.Option(
+        0.0,
+        "--terminal-weight",
+        min=0.0,
+        help="Extra loss weight on the mean gamma(t_max), the signal the schedule leaves at "
+        "the last time (0: the paper's loss; > 0 pulls it to zero so that the reference "
+        "sampler starts from the training marginal).",
+    ),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
     threads: ThreadsOpt = None,
     precision: str = typer.Option(
@@ -150,6 +158,7 @@ def train(
             val_samples=val_samples,
             seed=seed,
             precision=precision,
+            terminal_weight=terminal_weight,
         )
         if init is not None and (resume is not None or preset is not None):
             raise ConfigError(
@@ -331,7 +340,8 @@ def _run_with_progress(
             if plain_log and (step % 50 == 0 or "val_psnr" in record):
                 stderr.print(json.dumps({k: round(v, 5) for k, v in record.items()}))
             terms = " ".join(
-                f"{k}={record[k]:.4g}" for k in ("total", "eps", "beta", "prior", "smooth")
+                f"{k}={record[k]:.4g}"
+                for k in ("total", "eps", "beta", "prior", "smooth", "terminal")
             )
             if "val_psnr" in record:
                 terms += f" val_psnr={record['val_psnr']:.2f}"

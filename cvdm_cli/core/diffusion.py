@@ -99,8 +99,9 @@ class LossTerms:
     prior: Tensor  # 3. KL(q(z_T|r) || N(0,1)) at t = 1 - 1/T
     smooth: Tensor  # 4. alpha (d2 gamma/dt2)^2
     total: Tensor  # weighted sum, weights from config.loss_weights (paper: 1, 2, 2, 2)
+    terminal: Tensor  # mean gamma(1 - 1/T): the signal left at the last time (~0 wanted)
 
-    NAMES = ("total", "eps", "beta", "prior", "smooth")
+    NAMES = ("total", "eps", "beta", "prior", "smooth", "terminal")
 
     def as_floats(self, *extra: Tensor) -> tuple[dict[str, float], list[float]]:
         """The terms as Python floats, plus ``extra`` scalar tensors (e.g. the gradient
@@ -120,6 +121,7 @@ def cvdm_losses(
     eps: Tensor | None = None,
     generator: torch.Generator | None = None,
     autocast_dtype: torch.dtype | None = None,
+    terminal_weight: float = 0.0,
 ) -> LossTerms:
     """All CVDM loss terms for a batch.
 
@@ -127,6 +129,11 @@ def cvdm_losses(
     t: (N,) times in [0, 1) (default: uniform per sample); eps: noise (default: normal).
     autocast_dtype: run the denoiser under autocast (e.g. torch.bfloat16 on CUDA); the
     schedule terms stay in float32.
+    terminal_weight: adds ``terminal_weight * mean(gamma(1 - 1/T, x))`` to the total (0:
+    the paper's loss). The paper's own terminal terms (gamma_T^2 in the beta loss and the
+    prior KL) are quadratic in gamma_T and leave it at ~0.04 after training, so a sampler
+    starting from pure noise starts off the training marginal (docs/sampling.md,
+    "Passes"); this linear term keeps a constant pull towards zero terminal signal.
     """
     cfg = model.config
     n = x.shape[0]
@@ -160,5 +167,10 @@ def cvdm_losses(
     l_prior = prior_kl(r, gamma_T).mean()
     l_smooth = cfg.alpha_smooth * sched.d2gamma_dt2.square().mean()
     w = cfg.loss_weights
+    l_terminal = gamma_T.mean()
     total = w[0] * l_eps + w[1] * l_beta + w[2] * l_prior + w[3] * l_smooth
-    return LossTerms(eps=l_eps, beta=l_beta, prior=l_prior, smooth=l_smooth, total=total)
+    if terminal_weight:
+        total = total + terminal_weight * l_terminal
+    return LossTerms(
+        eps=l_eps, beta=l_beta, prior=l_prior, smooth=l_smooth, total=total, terminal=l_terminal
+    )

@@ -98,6 +98,7 @@ class TrainConfig:
     val_fraction: float = 0.1
     seed: int = 0
     precision: str = "auto"  # auto = bf16 on CUDA and native-bf16 CPUs, else fp32
+    terminal_weight: float = 0.0  # extra loss weight on mean gamma(t_max) (0: the paper's)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -296,7 +297,10 @@ def train_step(
     model, opt = state.model, state.optimizer
     for group in opt.param_groups:
         group["lr"] = learning_rate(state.step, cfg)
-    terms: LossTerms = cvdm_losses(model, x, y, generator=state.gen, autocast_dtype=autocast)
+    terms: LossTerms = cvdm_losses(
+        model, x, y, generator=state.gen, autocast_dtype=autocast,
+        terminal_weight=cfg.terminal_weight,
+    )  # fmt: skip
     opt.zero_grad(set_to_none=True)
     terms.total.backward()
     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)

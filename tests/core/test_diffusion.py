@@ -130,8 +130,49 @@ def test_loss_terms_as_floats_reads_every_term_and_extras_at_once():
         prior=torch.tensor([0.125]),
         smooth=torch.tensor(2.0, requires_grad=True),
         total=torch.tensor(3.0),
+        terminal=torch.tensor(0.0625),
     )
     losses, extra = terms.as_floats(torch.tensor(7.5), torch.tensor(1.0))
-    assert losses == {"total": 3.0, "eps": 0.5, "beta": 0.25, "prior": 0.125, "smooth": 2.0}
+    assert losses == {
+        "total": 3.0, "eps": 0.5, "beta": 0.25, "prior": 0.125, "smooth": 2.0, "terminal": 0.0625
+    }  # fmt: skip
     assert extra == [7.5, 1.0]
     assert all(type(v) is float for v in [*losses.values(), *extra])
+
+
+def test_terminal_weight_adds_the_mean_terminal_gamma_and_lowers_it():
+    """terminal_weight w adds w * mean(gamma(1 - 1/T, x)); a few steps on that term drive
+    the terminal signal down while the paper's loss alone leaves it (issue 26 item 4)."""
+    import copy
+    import dataclasses
+
+    from cvdm_cli import CVDM, ModelConfig
+    from cvdm_cli.core.diffusion import gamma_map
+
+    torch.manual_seed(0)
+    # tau_int(1) = 4 at init: gamma_T ~ exp(-0.69 * 4) = 0.06, about a trained model's 0.04
+    config = dataclasses.replace(ModelConfig.preset("tiny"), tau_init_slope=4.0)
+    x = torch.randn(2, 1, 16, 16) * 0.3
+    y = x + torch.randn_like(x) * 0.1
+    t, eps = torch.tensor([0.3, 0.9]), torch.randn_like(x)
+    model = _randomised(CVDM(config))
+    plain = cvdm_losses(model, x, y, t=t, eps=eps)
+    pulled = cvdm_losses(model, x, y, t=t, eps=eps, terminal_weight=5.0)
+    T = model.config.timesteps
+    g_T = gamma_map(model, model.lam(x), torch.ones(2) * (1 - 1 / T))
+    torch.testing.assert_close(plain.terminal, g_T.mean())
+    torch.testing.assert_close(pulled.total, plain.total + 5.0 * g_T.mean())
+    assert 0.01 < float(plain.terminal) < 0.2
+
+    def terminal_after(weight: float) -> float:
+        m = copy.deepcopy(model).train()
+        opt = torch.optim.Adam(m.parameters(), lr=1e-2)
+        for _ in range(20):
+            opt.zero_grad()
+            cvdm_losses(m, x, y, t=t, eps=eps, terminal_weight=weight).total.backward()
+            opt.step()
+        with torch.no_grad():
+            return float(gamma_map(m, m.lam(x), torch.ones(2) * (1 - 1 / T)).mean())
+
+    start = float(plain.terminal)
+    assert terminal_after(10.0) < 0.5 * min(start, terminal_after(0.0))

@@ -226,9 +226,10 @@ def test_cli_init_fine_tunes_from_given_weights_and_records_them(tmp_path):
 
     # with a learning rate the weights move away from the start
     moved = tmp_path / "moved.safetensors"
-    ran = cvdm(*common, "--init", base, "--out", moved, "--steps", 3)
+    ran = cvdm(*common, "--init", base, "--out", moved, "--steps", 3, "--terminal-weight", 2)
     assert ran.code == 0, ran.err
     changed = load_weights(moved)
+    assert changed.info["training"]["train_config"]["terminal_weight"] == 2.0  # recorded
     assert any(
         not torch.equal(a, b) for a, b in zip(start.parameters(), changed.parameters(), strict=True)
     )
